@@ -1,0 +1,1 @@
+"""The ``lesion-detector`` command line. One module per subcommand, each with ``register(subparsers)``."""

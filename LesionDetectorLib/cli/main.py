@@ -1,0 +1,82 @@
+"""Entry point of ``lesion-detector``.
+
+Each subcommand lives in ``LesionDetectorLib/cli/<name>.py`` and provides
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable
+``func(args) -> int``. Exit codes: 0 ok, 2 bad input (one-line cause), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from typing import List, Optional
+
+from ..errors import CancelledError, LesionDetectorError
+from ..version import __version__
+
+SUBCOMMANDS = ("synth", "detect", "demo", "evaluate", "train", "benchmark")
+
+
+def version_text() -> str:
+    import torch
+
+    try:
+        from ..ops import backend_info
+
+        backend = backend_info()
+    except Exception as exc:  # noqa: BLE001 - --version must always answer
+        backend = f"unavailable ({exc})"
+    cuda = torch.version.cuda or "none"
+    return (f"lesion-detector {__version__}\n"
+            f"torch {torch.__version__} (CUDA build: {cuda}, CUDA available: {torch.cuda.is_available()})\n"
+            f"roi_align_3d backend: {backend}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lesion-detector",
+        description="Lesion / lung-nodule detection in CT with the 3D Aggregated Faster R-CNN.")
+    parser.add_argument("--version", action="store_true", help="print versions and the op backend, then exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        modname = f"{__package__}.{name}"
+        if importlib.util.find_spec(modname) is None:
+            continue
+        importlib.import_module(modname).register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.version:
+        print(version_text())
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CancelledError as exc:
+        print(f"lesion-detector: cancelled: {exc}", file=sys.stderr)
+        return 130
+    except (LesionDetectorError, FileNotFoundError, ValueError) as exc:
+        print(f"lesion-detector: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lesion-detector: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, exit 1
+        logging.getLogger("lesion-detector").debug("internal error", exc_info=True)
+        print(f"lesion-detector: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
