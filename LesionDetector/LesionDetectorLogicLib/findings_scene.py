@@ -1,0 +1,296 @@
+"""Findings JSON (schema ``lesion-detector/findings`` v1.0) <-> MRML nodes.
+
+One run gives one markups fiducial node (one locked control point per candidate, in
+rank order, labelled ``"N<rank> <score>"``) and one table node listing the same
+candidates, both placed in the subject hierarchy under the volume's study. The
+full findings JSON, the patient flag and the model identity are node attributes, so a
+saved scene restores everything and exports can be produced later.
+
+Review state lives in each control point's description (``"... | review: accepted"``)
+because the description is the per-point field that ``.mrk.json`` files keep; the
+table's "Review" column mirrors it. Control point ``i`` is candidate ``i`` of the stored
+findings (both in rank order), so nothing depends on control point IDs, which Slicer assigns.
+
+Colour: candidates whose score reaches the run's operating-point threshold are drawn
+in the display node's *selected* colour (red), the others in its normal colour (yellow),
+so the eye finds the candidates that set the patient flag first.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .geometry import lps_to_ras
+
+SCHEMA = "lesion-detector/findings"
+REVIEW_STATES = ("unreviewed", "accepted", "rejected")
+
+ATTR_ROLE = "LesionDetector.Role"
+ATTR_FINDINGS = "LesionDetector.Findings"
+ATTR_FLAG = "LesionDetector.PatientFlag"
+ATTR_FLAG_THRESHOLD = "LesionDetector.PatientFlagThreshold"
+ATTR_FLAG_MAX_SCORE = "LesionDetector.PatientFlagMaxScore"
+ATTR_OPERATING_POINT = "LesionDetector.OperatingPoint"
+ATTR_MODEL_NAME = "LesionDetector.ModelName"
+ATTR_MODEL_VERSION = "LesionDetector.ModelVersion"
+ATTR_MODEL_SHA256 = "LesionDetector.ModelSHA256"
+ATTR_OP_BACKEND = "LesionDetector.OpBackend"
+REF_TABLE = "LesionDetectorTable"
+REF_VOLUME = "LesionDetectorVolume"
+
+ABOVE_THRESHOLD_COLOR = (1.0, 0.2, 0.2)
+BELOW_THRESHOLD_COLOR = (1.0, 0.85, 0.1)
+
+TABLE_COLUMNS = ("Rank", "ID", "Score", "Diameter (mm)", "Location RAS (mm)", "RPN", "FPRN", "Review")
+_REVIEW_RE = re.compile(r"\|\s*review:\s*(\w+)\s*$")
+
+
+@dataclass
+class ResultNodes:
+    markups: Any   # vtkMRMLMarkupsFiducialNode
+    table: Any     # vtkMRMLTableNode
+
+
+def validate_findings(findings: Dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming what is wrong when ``findings`` is not schema v1.0."""
+    if not isinstance(findings, dict) or findings.get("schema") != SCHEMA:
+        raise ValueError(f"not a '{SCHEMA}' document")
+    major = str(findings.get("schema_version", "")).split(".")[0]
+    if major != "1":
+        raise ValueError(f"unsupported findings schema version {findings.get('schema_version')!r} (expected 1.x)")
+    candidates = findings.get("candidates")
+    if not isinstance(candidates, list):
+        raise ValueError("findings have no 'candidates' list")
+    for i, c in enumerate(candidates):
+        for key in ("id", "center_lps", "diameter_mm", "score"):
+            if key not in c:
+                raise ValueError(f"candidate {i} lacks '{key}'")
+        if len(c["center_lps"]) != 3 or not np.all(np.isfinite(np.asarray(c["center_lps"], dtype=float))):
+            raise ValueError(f"candidate {i} has an invalid centre {c['center_lps']!r}")
+        if c.get("review", "unreviewed") not in REVIEW_STATES:
+            raise ValueError(f"candidate {i} has an unknown review state {c.get('review')!r}")
+
+
+def _ranked(candidates: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return sorted(candidates, key=lambda c: (c.get("rank", 10 ** 9), -float(c["score"])))
+
+
+def describe(candidate: Dict[str, Any], review: str) -> str:
+    """The control point description: every number the reviewer needs, then the review state."""
+    parts = [f"score {float(candidate['score']):.3f}"]
+    if candidate.get("score_rpn") is not None and candidate.get("score_fprn") is not None:
+        parts[0] += f" (RPN {float(candidate['score_rpn']):.3f}, FPRN {float(candidate['score_fprn']):.3f})"
+    parts.append(f"diameter {float(candidate['diameter_mm']):.1f} mm")
+    return " | ".join(parts) + f" | review: {review}"
+
+
+def label(candidate: Dict[str, Any], rank: int) -> str:
+    return f"N{rank} {float(candidate['score']):.2f}"
+
+
+def format_location(ras) -> str:
+    return "R {:.1f}, A {:.1f}, S {:.1f}".format(*(float(v) for v in ras))
+
+
+def create_result_nodes(scene, volume_node, findings: Dict[str, Any]) -> ResultNodes:
+    """Add the markups and table nodes of one run to ``scene``; all or nothing.
+
+    On any error the nodes added so far are removed again, so a failure leaves the
+    scene as it was.
+    """
+    import vtk
+
+    validate_findings(findings)
+    candidates = _ranked(findings["candidates"])
+    flag = findings.get("patient_flag") or {}
+    threshold = flag.get("threshold")
+    base = volume_node.GetName() if volume_node is not None else "volume"
+    added = []
+    try:
+        markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                          scene.GenerateUniqueName(f"{base} lesion candidates"))
+        added.append(markups)
+        markups.CreateDefaultDisplayNodes()
+        display = markups.GetDisplayNode()
+        if display is not None:
+            added.append(display)
+            display.SetSelectedColor(*ABOVE_THRESHOLD_COLOR)
+            display.SetColor(*BELOW_THRESHOLD_COLOR)
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} lesion candidates table"))
+        added.append(table)
+
+        markups.SetMarkupLabelFormat("N%d")
+        with _batch(markups):
+            for rank, cand in enumerate(candidates, start=1):
+                ras = lps_to_ras(cand["center_lps"])
+                i = markups.AddControlPoint(vtk.vtkVector3d(*ras), label(cand, rank))
+                markups.SetNthControlPointDescription(i, describe(cand, cand.get("review", "unreviewed")))
+                markups.SetNthControlPointLocked(i, True)
+                above = threshold is not None and float(cand["score"]) >= float(threshold)
+                markups.SetNthControlPointSelected(i, above)
+        _fill_table(table, markups, candidates)
+
+        stored = copy.deepcopy(findings)
+        stored["candidates"] = candidates
+        markups.SetAttribute(ATTR_ROLE, "findings")
+        markups.SetAttribute(ATTR_FINDINGS, json.dumps(stored))
+        markups.SetAttribute(ATTR_FLAG, str(flag.get("status", "unavailable")))
+        markups.SetAttribute(ATTR_FLAG_THRESHOLD, "" if threshold is None else repr(float(threshold)))
+        markups.SetAttribute(ATTR_FLAG_MAX_SCORE, "" if flag.get("max_score") is None else repr(float(flag["max_score"])))
+        markups.SetAttribute(ATTR_OPERATING_POINT, str(flag.get("operating_point") or
+                                                       (findings.get("operating_point") or {}).get("name", "")))
+        model = findings.get("model") or {}
+        markups.SetAttribute(ATTR_MODEL_NAME, str(model.get("name", "")))
+        markups.SetAttribute(ATTR_MODEL_VERSION, str(model.get("version", "")))
+        markups.SetAttribute(ATTR_MODEL_SHA256, str(model.get("sha256", "")))
+        markups.SetAttribute(ATTR_OP_BACKEND, str((findings.get("provenance") or {}).get("op_backend", "")))
+        table.SetAttribute(ATTR_ROLE, "table")
+        markups.SetNodeReferenceID(REF_TABLE, table.GetID())
+        if volume_node is not None:
+            markups.SetNodeReferenceID(REF_VOLUME, volume_node.GetID())
+        _place_in_subject_hierarchy(scene, volume_node, (markups, table))
+        return ResultNodes(markups, table)
+    except Exception:
+        sh = scene.GetSubjectHierarchyNode()
+        for node in reversed(added):
+            if sh is not None:
+                item = sh.GetItemByDataNode(node)
+                if item:
+                    sh.RemoveItem(item, False, False)
+            if node.GetScene() is scene:
+                scene.RemoveNode(node)
+        raise
+
+
+class _batch:
+    """Suspend per-point Modified events while many points are added (one render, not N)."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def __enter__(self):
+        self.was = self.node.StartModify()
+
+    def __exit__(self, *exc):
+        self.node.EndModify(self.was)
+        return False
+
+
+def _fill_table(table, markups, candidates: List[Dict[str, Any]]) -> None:
+    import vtk
+
+    def column(cls, name):
+        arr = cls()
+        arr.SetName(name)
+        return arr
+
+    cols = {
+        "Rank": column(vtk.vtkIntArray, "Rank"),
+        "ID": column(vtk.vtkStringArray, "ID"),
+        "Score": column(vtk.vtkDoubleArray, "Score"),
+        "Diameter (mm)": column(vtk.vtkDoubleArray, "Diameter (mm)"),
+        "Location RAS (mm)": column(vtk.vtkStringArray, "Location RAS (mm)"),
+        "RPN": column(vtk.vtkDoubleArray, "RPN"),
+        "FPRN": column(vtk.vtkDoubleArray, "FPRN"),
+        "Review": column(vtk.vtkStringArray, "Review"),
+    }
+    for rank, cand in enumerate(candidates, start=1):
+        cols["Rank"].InsertNextValue(rank)
+        cols["ID"].InsertNextValue(str(cand["id"]))
+        cols["Score"].InsertNextValue(round(float(cand["score"]), 4))
+        cols["Diameter (mm)"].InsertNextValue(round(float(cand["diameter_mm"]), 2))
+        cols["Location RAS (mm)"].InsertNextValue(format_location(lps_to_ras(cand["center_lps"])))
+        cols["RPN"].InsertNextValue(float(cand.get("score_rpn", float("nan"))))
+        cols["FPRN"].InsertNextValue(float(cand.get("score_fprn", float("nan"))))
+        cols["Review"].InsertNextValue(cand.get("review", "unreviewed"))
+    vtable = table.GetTable()
+    for name in TABLE_COLUMNS:
+        vtable.AddColumn(cols[name])
+    table.SetUseColumnTitleAsColumnHeader(True)
+    table.SetLocked(True)  # the reviewer decides with Accept / Reject, not by typing in cells
+    table.Modified()
+
+
+def _place_in_subject_hierarchy(scene, volume_node, nodes) -> int:
+    """Put ``nodes`` under the volume's study (else beside the volume); returns the parent item."""
+    sh = scene.GetSubjectHierarchyNode()
+    parent = sh.GetSceneItemID()
+    if volume_node is not None:
+        volume_item = sh.GetItemByDataNode(volume_node) or sh.CreateItem(sh.GetSceneItemID(), volume_node)
+        parent = sh.GetItemParent(volume_item) or sh.GetSceneItemID()
+        ancestor = parent
+        while ancestor and ancestor != sh.GetSceneItemID():
+            if sh.GetItemLevel(ancestor) == "Study":
+                parent = ancestor
+                break
+            ancestor = sh.GetItemParent(ancestor)
+    for node in nodes:
+        item = sh.GetItemByDataNode(node)
+        if item:
+            sh.SetItemParent(item, parent)
+        else:
+            sh.CreateItem(parent, node)
+    return parent
+
+
+def review_of(markups, index: int) -> str:
+    """Review state of control point ``index`` (from its description)."""
+    match = _REVIEW_RE.search(markups.GetNthControlPointDescription(index) or "")
+    state = match.group(1) if match else "unreviewed"
+    return state if state in REVIEW_STATES else "unreviewed"
+
+
+def set_review(markups, index: int, state: str) -> None:
+    """Record the reviewer's decision on control point ``index`` in the markups and its table."""
+    if state not in REVIEW_STATES:
+        raise ValueError(f"review state must be one of {REVIEW_STATES}, got {state!r}")
+    if not 0 <= index < markups.GetNumberOfControlPoints():
+        raise IndexError(f"no candidate {index} (the run has {markups.GetNumberOfControlPoints()})")
+    text = markups.GetNthControlPointDescription(index) or ""
+    text = _REVIEW_RE.sub("", text).rstrip(" |")
+    markups.SetNthControlPointDescription(index, f"{text} | review: {state}" if text else f"review: {state}")
+    table = markups.GetNodeReference(REF_TABLE)
+    if table is not None and index < table.GetNumberOfRows():
+        was_locked = table.GetLocked()
+        table.SetLocked(False)
+        table.GetTable().GetColumnByName("Review").SetValue(index, state)
+        table.GetTable().Modified()
+        table.Modified()
+        table.SetLocked(was_locked)
+
+
+def findings_with_review(markups) -> Dict[str, Any]:
+    """The run's findings with every candidate's ``review`` taken from the markups node."""
+    text = markups.GetAttribute(ATTR_FINDINGS)
+    if not text:
+        raise ValueError(f"'{markups.GetName()}' holds no Lesion Detector findings")
+    findings = json.loads(text)
+    n = markups.GetNumberOfControlPoints()
+    if n != len(findings["candidates"]):
+        raise ValueError(f"'{markups.GetName()}' has {n} points but its run found {len(findings['candidates'])} "
+                         "candidates; points were added or deleted, so reviews cannot be matched")
+    for i, cand in enumerate(findings["candidates"]):
+        cand["review"] = review_of(markups, i)
+    return findings
+
+
+def patient_flag_of(markups) -> Dict[str, Optional[str]]:
+    """The flag and model identity stored on a run's markups node (for the panel)."""
+    def get(attr):
+        return markups.GetAttribute(attr) or None
+
+    return {"status": get(ATTR_FLAG), "threshold": get(ATTR_FLAG_THRESHOLD),
+            "max_score": get(ATTR_FLAG_MAX_SCORE), "operating_point": get(ATTR_OPERATING_POINT),
+            "model_name": get(ATTR_MODEL_NAME), "model_version": get(ATTR_MODEL_VERSION),
+            "op_backend": get(ATTR_OP_BACKEND)}
+
+
+def candidate_position_ras(markups, index: int) -> List[float]:
+    pos = [0.0, 0.0, 0.0]
+    markups.GetNthControlPointPositionWorld(index, pos)
+    return pos
