@@ -67,5 +67,6 @@ class Volume:
         return self.metadata.get("SeriesInstanceUID")
 
     def __repr__(self) -> str:  # the array would flood logs
-        return (f"Volume(shape_zyx={self.shape_zyx}, spacing={tuple(np.round(self.spacing, 4))}, "
-                f"origin={tuple(np.round(self.origin, 3))}, series_uid={self.series_uid!r})")
+        spacing = tuple(round(float(s), 4) for s in self.spacing)
+        origin = tuple(round(float(o), 3) for o in self.origin)
+        return f"Volume(shape_zyx={self.shape_zyx}, spacing={spacing}, origin={origin}, series_uid={self.series_uid!r})"

@@ -1,0 +1,160 @@
+"""DICOM series reading with SimpleITK / GDCM.
+
+GDCM sorts the slices by their position along the slice normal and applies
+RescaleSlope / RescaleIntercept, so the returned array is in HU. We add what a
+radiology workflow needs on top: choosing among several series in one folder, refusing
+non-CT series, duplicated or missing slices, and keeping the sorted file list and
+SOPInstanceUIDs so a DICOM SR can reference the exact images the detector saw.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import VolumeError
+from ..volume import Volume
+from .validate import check_dimensions, check_geometry, check_modality
+
+# DICOM tags as GDCM spells them in SimpleITK metadata dictionaries.
+TAGS = {
+    "SeriesInstanceUID": "0020|000e",
+    "StudyInstanceUID": "0020|000d",
+    "FrameOfReferenceUID": "0020|0052",
+    "Modality": "0008|0060",
+    "PatientID": "0010|0020",
+    "SeriesDescription": "0008|103e",
+    "SOPClassUID": "0008|0016",
+}
+_SOP_INSTANCE_UID = "0008|0018"
+_IMAGE_POSITION = "0020|0032"
+# Relative variation of the slice-to-slice distance above which slices are called missing.
+_SPACING_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One series found in a folder (what the user chooses from)."""
+
+    series_uid: str
+    n_files: int
+    modality: str
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.series_uid} ({self.modality or '?'}, {self.n_files} files, '{self.description}')"
+
+
+def _header(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.LoadPrivateTagsOff()
+    reader.ReadImageInformation()
+    return reader
+
+
+def _tag(reader, key: str, index: Optional[int] = None) -> str:
+    if index is None:
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+    return reader.GetMetaData(index, key).strip() if reader.HasMetaDataKey(index, key) else ""
+
+
+def list_dicom_series(folder: str) -> List[SeriesInfo]:
+    """The DICOM series directly inside ``folder`` (subfolders are not searched)."""
+    infos = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        try:
+            first = _header(files[0])
+            modality, description = _tag(first, TAGS["Modality"]), _tag(first, TAGS["SeriesDescription"])
+        except RuntimeError:
+            modality, description = "", ""
+        infos.append(SeriesInfo(uid, len(files), modality, description))
+    return infos
+
+
+def _choose_series(folder: str, series_uid: Optional[str]) -> str:
+    series = list_dicom_series(folder)
+    if not series:
+        raise VolumeError(f"No DICOM images were found in the folder '{folder}' (subfolders are not searched). "
+                          "Select the folder that holds the CT series' files.")
+    listing = "; ".join(str(s) for s in series)
+    if series_uid is not None:
+        if series_uid not in {s.series_uid for s in series}:
+            raise VolumeError(f"The series {series_uid} is not in '{folder}'. Series found: {listing}.")
+        return series_uid
+    if len(series) > 1:
+        raise VolumeError(f"The folder '{folder}' holds {len(series)} DICOM series; choose one with series_uid=. "
+                          f"Series found: {listing}.")
+    return series[0].series_uid
+
+
+def _check_slice_positions(positions: np.ndarray, normal: np.ndarray, source: str) -> None:
+    """Refuse duplicated slice positions (several phases / echoes mixed) and gaps (missing slices)."""
+    along = positions @ normal
+    steps = np.diff(along)
+    if np.any(np.abs(steps) < 1e-3):
+        raise VolumeError(f"{source} has several slices at the same position; it probably mixes several "
+                          "acquisitions or phases (a 4-D series). Split the series and load one phase.")
+    typical = np.median(np.abs(steps))
+    if np.max(np.abs(np.abs(steps) - typical)) > _SPACING_TOLERANCE * typical + 1e-3:
+        raise VolumeError(f"{source} has uneven slice spacing ({np.min(np.abs(steps)):.3g} to "
+                          f"{np.max(np.abs(steps)):.3g} mm): slices are missing or the series is incomplete.")
+
+
+def read_dicom_series(folder: str, series_uid: Optional[str] = None, allow_non_ct: bool = False) -> Volume:
+    """Read one CT series from ``folder`` as a float32 HU :class:`Volume`.
+
+    Metadata: ``source``, ``format`` (``"dicom"``), the UIDs / Modality / PatientID /
+    SeriesDescription / SOPClassUID of :data:`TAGS` when present, ``dicom_files`` (paths sorted
+    by slice position, matching array index z) and ``sop_instance_uids`` (same order).
+    """
+    folder = str(folder)
+    uid = _choose_series(folder, series_uid)
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+    source = f"The DICOM series {uid} in '{folder}'"
+
+    # Cheap checks on the first header before reading every slice's pixels.
+    try:
+        first = _header(files[0])
+    except RuntimeError as exc:
+        raise VolumeError(f"{source} cannot be read: {exc}") from exc
+    check_modality(_tag(first, TAGS["Modality"]), allow_non_ct, source)
+    size = first.GetSize()
+    frames = size[2] if len(size) == 3 else 1
+    check_dimensions((len(files) * frames, size[1], size[0]), first.GetNumberOfComponents(), source)
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeError(f"{source} could not be read (corrupt file or slices of different size): "
+                          f"{str(exc).strip().splitlines()[-1]}") from exc
+
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    positions = []
+    for i in range(len(files)):
+        text = _tag(reader, _IMAGE_POSITION, i)
+        if text:
+            positions.append([float(v) for v in text.split("\\")])
+    if len(positions) == len(files) and len(files) > 1:
+        _check_slice_positions(np.asarray(positions), direction[:, 2], source)
+    check_geometry(image.GetSpacing(), direction, image.GetOrigin(), source)
+
+    metadata = {"source": os.path.abspath(folder), "format": "dicom"}
+    for name, tag in TAGS.items():
+        value = _tag(reader, tag, 0)
+        if value:
+            metadata[name] = value
+    metadata["dicom_files"] = [os.path.abspath(f) for f in files]
+    metadata["sop_instance_uids"] = [_tag(reader, _SOP_INSTANCE_UID, i) for i in range(len(files))]
+
+    # Values (NaN / inf) are checked by read_volume's validate_volume, once.
+    return Volume(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), direction, metadata)

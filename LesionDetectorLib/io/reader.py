@@ -1,0 +1,152 @@
+"""``read_volume``: any supported CT file or DICOM folder -> validated float32 HU :class:`Volume`.
+
+Supported: a DICOM series folder (or one file of it), MetaImage ``.mhd``/``.raw`` and
+``.mha``, NRRD ``.nrrd``/``.nhdr``, NIfTI ``.nii``/``.nii.gz``. Everything is read with
+SimpleITK, which converts NIfTI's RAS storage to LPS, so all formats give the same world
+coordinates. Header-only checks (dimension, components, size limit, spacing, truncated
+MetaImage data) run *before* pixel data is read, so a bad or huge file fails fast.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import VolumeError
+from ..volume import Volume
+from .dicom import TAGS, read_dicom_series
+from .validate import check_dimensions, check_geometry, validate_volume
+
+SUPPORTED_FORMATS = "a DICOM series folder, .mhd/.raw, .mha, .nrrd, .nii or .nii.gz"
+
+_FORMAT_BY_SUFFIX = {".mhd": "mhd", ".mha": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd",
+                     ".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom"}
+
+_METAIMAGE_ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+                            "MET_UINT": 4, "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8,
+                            "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def file_format(path: str) -> str:
+    """Format name from the file name (``"mhd"``, ``"nifti"``...), ``""`` when unknown."""
+    lower = str(path).lower()
+    for suffix in sorted(_FORMAT_BY_SUFFIX, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return _FORMAT_BY_SUFFIX[suffix]
+    return ""
+
+
+def _metaimage_header(path: str) -> Dict[str, str]:
+    """Key/value pairs of a MetaImage header, and the byte offset where LOCAL data starts."""
+    fields: Dict[str, str] = {}
+    offset = 0
+    with open(path, "rb") as f:
+        for raw_line in f:
+            offset += len(raw_line)
+            key, sep, value = raw_line.decode("latin-1").partition("=")
+            if not sep:
+                continue
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+    fields["_data_offset"] = str(offset)
+    return fields
+
+
+def _check_metaimage_data(path: str, source: str) -> None:
+    """A MetaImage whose pixel data is missing or shorter than its header says is refused by name.
+
+    (SimpleITK reports a truncated .raw as "No such file or directory", which misleads users.)
+    """
+    try:
+        h = _metaimage_header(path)
+        dims = [int(v) for v in h["DimSize"].split()]
+        element = _METAIMAGE_ELEMENT_BYTES[h["ElementType"]]
+        channels = int(h.get("ElementNumberOfChannels", "1"))
+        data_file = h["ElementDataFile"]
+    except (KeyError, ValueError, OSError):
+        return  # unusual header: let SimpleITK judge it
+    if h.get("CompressedData", "False").lower() == "true" or data_file.split()[0] in ("LIST",) or "%" in data_file:
+        return
+    expected = int(np.prod(dims, dtype=np.int64)) * element * channels
+    if data_file == "LOCAL":
+        available = os.path.getsize(path) - int(h["_data_offset"])
+        data_path = path
+    else:
+        data_path = data_file if os.path.isabs(data_file) else os.path.join(os.path.dirname(path), data_file)
+        if not os.path.isfile(data_path):
+            raise VolumeError(f"{source}: its pixel data file '{data_path}' is missing "
+                              "(copy the .raw file that belongs next to the .mhd header).")
+        available = os.path.getsize(data_path)
+    if available < expected:
+        raise VolumeError(f"{source}: the pixel data in '{data_path}' is truncated ({available:,} of {expected:,} "
+                          "bytes); the file was not copied or downloaded completely.")
+
+
+def _is_dicom_file(path: str) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    with open(path, "rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
+
+
+def _read_image_file(path: str, allow_non_ct: bool) -> Volume:
+    source = f"The file '{path}'"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise VolumeError(f"{source} is not an image file that can be read "
+                          f"(supported: {SUPPORTED_FORMATS}).") from exc
+    if _is_dicom_file(path) or reader.HasMetaDataKey(TAGS["SeriesInstanceUID"]):
+        # One file of a DICOM series: load the series it belongs to, as a viewer would.
+        uid = reader.GetMetaData(TAGS["SeriesInstanceUID"]).strip() if reader.HasMetaDataKey(TAGS["SeriesInstanceUID"]) else None
+        return read_dicom_series(os.path.dirname(path) or ".", uid, allow_non_ct)
+
+    size = reader.GetSize()
+    check_dimensions(tuple(reversed(size)), reader.GetNumberOfComponents(), source)
+    check_geometry(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin(), source)
+    fmt = file_format(path)
+    if fmt in ("mhd", "mha"):
+        _check_metaimage_data(path, source)
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeError(f"{source} could not be read: its pixel data is truncated or corrupt.") from exc
+    metadata = {"source": os.path.abspath(path), "format": fmt or "unknown"}
+    return Volume(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(),
+                  image.GetDirection(), metadata)
+
+
+def read_volume(path, series_uid: Optional[str] = None, allow_non_ct: bool = False) -> Volume:
+    """Read a CT volume and validate it.
+
+    Args:
+        path: a DICOM series folder (or one of its files), ``.mhd``, ``.mha``, ``.nrrd``,
+            ``.nii`` or ``.nii.gz``.
+        series_uid: which series to load when a folder holds several (else they are listed
+            in the error).
+        allow_non_ct: accept series whose Modality is not CT.
+
+    Returns:
+        :class:`Volume` with float32 HU ``array[z, y, x]``, ITK/LPS geometry and metadata
+        (``source``, ``format`` and for DICOM the UIDs, ``dicom_files``, ``sop_instance_uids``).
+
+    Raises:
+        VolumeError: the message names the cause (missing path, not an image, 2-D, 4-D,
+            truncated data, several series, not CT, bad spacing, NaN, too large).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VolumeError(f"The path '{path}' does not exist.")
+    if os.path.isdir(path):
+        volume = read_dicom_series(path, series_uid, allow_non_ct)
+    else:
+        volume = _read_image_file(path, allow_non_ct)
+    validate_volume(volume, allow_non_ct=allow_non_ct)
+    return volume
