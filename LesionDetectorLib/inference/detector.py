@@ -1,0 +1,276 @@
+"""Detector: a CT volume in, ranked lesion candidates with a patient-level flag out.
+
+Pipeline of :meth:`Detector.__call__` (stages as reported to the progress callback):
+
+1. ``read``: a path is read with :func:`LesionDetectorLib.io.read_volume`;
+2. ``preprocess``: lung mask, 1 mm isotropic resampling, crop to the lungs, HU window
+   (:func:`LesionDetectorLib.preprocess.preprocess`);
+3. ``model``: sliding-window tiles of the model's training crop (128^3 for ``luna16``,
+   overlap 32 voxels, padded at small borders) in batches, AMP on CUDA, with out-of-memory
+   fallback (smaller batches, then CPU); each tile keeps only detections whose centre it
+   owns (:mod:`.sliding_window`); cancellation is checked after every batch;
+4. ``postprocess``: 3-D NMS across tiles, ranking, patient flag, and the exact mapping of
+   every centre from crop voxels back to world LPS mm (``Preprocessed.to_world``).
+
+Nothing is written to disk here: exports are separate (:mod:`LesionDetectorLib.export`),
+so a cancelled or failed run leaves no files behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+from ..version import __version__
+from ..volume import Volume
+from .device import BatchRunner, resolve_device
+from .findings import Candidate, Findings
+from .patient_flag import DEFAULT_OPERATING_POINT, patient_flag, resolve_operating_point
+from .progress import CancelToken, ProgressCallback, StageTimer, report
+from .sliding_window import Tile, extract_tile, plan_tiles
+
+log = logging.getLogger("lesion-detector.inference")
+
+DEFAULT_OVERLAP = 32
+# Listing floor for candidates: the paper's probability cut sigmoid(-1) (section IV-F).
+# The operating point's threshold lowers it when it is lower, so every candidate that can
+# make the patient positive is listed.
+DEFAULT_MIN_SCORE = 0.269
+DEFAULT_MAX_CANDIDATES = 100
+
+
+def _op_backend() -> str:
+    try:
+        from ..ops import backend_info
+
+        return str(backend_info())
+    except Exception as exc:  # noqa: BLE001 - provenance must never stop detection
+        return f"unknown ({type(exc).__name__}: {exc})"
+
+
+def resolve_model_dir(name_or_dir: Union[str, os.PathLike]) -> Path:
+    """A directory holding ``model.json`` + weights, or the name of a bundled model."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
+    from ..resources import models_root
+
+    try:
+        root = models_root()
+    except FileNotFoundError as exc:
+        raise ModelError(f"model {str(name_or_dir)!r} is not a directory and no bundled models exist: {exc}") from exc
+    bundled = root / str(name_or_dir)
+    if bundled.is_dir():
+        return bundled
+    available = sorted(p.name for p in root.iterdir() if (p / "model.json").is_file()) if root.is_dir() else []
+    raise ModelError(f"model {str(name_or_dir)!r} is neither a model directory nor a bundled model "
+                     f"(bundled: {', '.join(available) or 'none'})")
+
+
+def _series_uid(volume: Volume) -> Optional[str]:
+    uid = volume.metadata.get("SeriesInstanceUID")
+    if uid:
+        return str(uid)
+    source = volume.metadata.get("source")
+    # LUNA16 names each .mhd after its seriesuid; other file names are not UIDs.
+    if source and str(source).lower().endswith((".mhd", ".mha")):
+        return Path(source).stem
+    return None
+
+
+def volume_identity(volume: Volume) -> Dict[str, Any]:
+    """The findings' ``volume`` block: source, UIDs and exact geometry (ITK order)."""
+    return {"source": volume.metadata.get("source"),
+            "series_uid": _series_uid(volume),
+            "frame_of_reference_uid": volume.metadata.get("FrameOfReferenceUID"),
+            "shape_zyx": [int(n) for n in volume.array.shape],
+            "spacing": [float(v) for v in volume.spacing],
+            "origin": [float(v) for v in volume.origin],
+            "direction": [float(v) for v in volume.direction.reshape(-1)]}
+
+
+class Detector:
+    """Callable lesion detector around an eval-mode model and its model card.
+
+    Args:
+        model: eval output per image ``{"boxes" [K,4] (z,y,x,d) crop voxels, "scores",
+            "scores_rpn", "scores_fprn"}`` (see ``LesionDetectorLib.model``).
+        card: the model card (``name``, ``version``, ``sha256``, ``config``,
+            ``operating_points``).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+        batch_size: tiles per forward pass (default 2 on CUDA, 1 on CPU).
+        tile: window ``(D, H, W)`` voxels; default the model's training crop.
+        overlap: voxels shared by neighbouring tiles (default 32).
+        nms_iou: IoU above which overlapping candidates merge (default: the config's
+            ``final_nms_iou``, else 0.1).
+        amp: float16 autocast on CUDA (default True; ignored on CPU).
+
+    Example::
+
+        detector = Detector.from_pretrained("luna16-synthetic")
+        findings = detector("scan.mhd", progress=lambda stage, done, total: print(stage, done, total))
+    """
+
+    def __init__(self, model: torch.nn.Module, card: Mapping[str, Any], device: Union[str, torch.device] = "auto",
+                 batch_size: Optional[int] = None, tile: Optional[Union[int, Sequence[int]]] = None,
+                 overlap: int = DEFAULT_OVERLAP, nms_iou: Optional[float] = None, amp: bool = True) -> None:
+        for key in ("name", "version", "sha256"):
+            if key not in card:
+                raise ModelError(f"model card has no {key!r}")
+        self.card = dict(card)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        config = dict(self.card.get("config") or {})
+        crop = tile if tile is not None else config.get("crop_size", (128, 128, 128))
+        self.tile: Tuple[int, int, int] = ((int(crop),) * 3 if isinstance(crop, (int, np.integer))
+                                           else tuple(int(c) for c in crop))
+        if any(t % 16 for t in self.tile):
+            raise ValueError(f"tile sizes must be multiples of 16 (the backbone's stride), got {self.tile}")
+        self.overlap = int(overlap)
+        self.nms_iou = float(nms_iou if nms_iou is not None else config.get("final_nms_iou", 0.1))
+        self.batch_size = int(batch_size) if batch_size else (2 if self.device.type == "cuda" else 1)
+        self.amp = bool(amp)
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, name_or_dir: Union[str, os.PathLike] = "luna16-synthetic",
+                        device: Union[str, torch.device] = "auto", **kwargs: Any) -> "Detector":
+        """Load a bundled model (``Resources/Models/<name>/``) or a model directory; the
+        weights' SHA-256 is verified against the card (``ModelError`` on mismatch)."""
+        from ..model import load_pretrained
+
+        directory = resolve_model_dir(name_or_dir)
+        dev = resolve_device(device)
+        model, card = load_pretrained(directory, dev)
+        card = dict(card)
+        card.setdefault("name", directory.name)
+        card.setdefault("version", "unknown")
+        return cls(model, card, device=dev, **kwargs)
+
+    @property
+    def model_identity(self) -> Dict[str, str]:
+        return {"name": str(self.card["name"]), "version": str(self.card["version"]),
+                "sha256": str(self.card["sha256"])}
+
+    def _move_to(self, device: torch.device) -> None:
+        self.model.to(device)
+        self.device = device
+
+    # ---------------------------------------------------------------------------- inference
+    def _infer_tiles(self, image: np.ndarray, pad_value: float, tiles: Sequence[Tile],
+                     device: torch.device) -> List[np.ndarray]:
+        """Run one batch; per tile an array ``[K, 7]`` = (z, y, x, d, score, rpn, fprn) in
+        image voxels, already restricted to the detections whose centre the tile owns."""
+        batch = torch.from_numpy(np.stack([extract_tile(image, t, pad_value) for t in tiles]))[:, None]
+        batch = batch.to(device, non_blocking=True)
+        autocast = (torch.autocast(device_type="cuda", dtype=torch.float16)
+                    if device.type == "cuda" and self.amp else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            outputs = self.model(batch)
+        del batch
+        if len(outputs) != len(tiles):
+            raise ModelError(f"the model returned {len(outputs)} results for {len(tiles)} tiles")
+        results = []
+        for tile, out in zip(tiles, outputs):
+            boxes = out["boxes"].detach().float().cpu().numpy().reshape(-1, 4)
+            cols = [out[k].detach().float().cpu().numpy().reshape(-1) for k in ("scores", "scores_rpn", "scores_fprn")]
+            rows = np.concatenate([boxes, np.stack(cols, axis=1)], axis=1) if len(boxes) else np.zeros((0, 7))
+            rows[:, :3] += np.asarray(tile.start, dtype=np.float64)
+            # Padding beyond the image is not anatomy: a centre there cannot be a lesion.
+            inside = np.all((rows[:, :3] >= -0.5) & (rows[:, :3] <= np.asarray(image.shape) - 0.5), axis=1)
+            results.append(rows[tile.owns(rows[:, :3]) & inside])
+        return results
+
+    def __call__(self, volume: Union[Volume, str, os.PathLike], progress: Optional[ProgressCallback] = None,
+                 cancel: Optional[CancelToken] = None, lung_mask: Optional[Union[np.ndarray, Volume]] = None,
+                 operating_point: str = DEFAULT_OPERATING_POINT, min_score: Optional[float] = None,
+                 max_candidates: Optional[int] = DEFAULT_MAX_CANDIDATES) -> Findings:
+        """Detect lesions in ``volume`` (a :class:`Volume` or a path ``read_volume`` accepts).
+
+        ``lung_mask``: optional bool array in the volume's grid or a label Volume (LUNA16
+        ``seg-lungs``); ``min_score``: listing floor (default 0.269, lowered to the operating
+        point's threshold); ``max_candidates``: keep the top N (None = all).
+
+        Raises ``NoLungsFoundError`` (no lungs), ``CancelledError`` (``cancel.cancel()``
+        was called), ``ValueError`` (unknown operating point), ``ModelError``.
+        """
+        from ..model.nms import nms_3d
+        from ..preprocess import PAD_HU, normalize_hu, preprocess
+
+        timer = StageTimer()
+        token = cancel or CancelToken()
+        op = resolve_operating_point(self.card, operating_point)  # bad names fail before any work
+        token.raise_if_cancelled()
+
+        with timer.stage("read"):
+            report(progress, "read", 0, 1)
+            if not isinstance(volume, Volume):
+                from ..io import read_volume
+
+                volume = read_volume(volume)
+            report(progress, "read", 1, 1)
+        token.raise_if_cancelled()
+
+        with timer.stage("preprocess"):
+            report(progress, "preprocess", 0, 1)
+            pre = preprocess(volume, lung_mask=lung_mask)
+            report(progress, "preprocess", 1, 1)
+        token.raise_if_cancelled()
+
+        with timer.stage("model"):
+            tiles = plan_tiles(pre.image.shape, self.tile, min(self.overlap, min(self.tile) - 1))
+            pad_value = float(normalize_hu(np.float32(PAD_HU), pre.hu_window))
+            runner = BatchRunner(self.device, self.batch_size, on_device_change=self._move_to)
+            report(progress, "model", 0, len(tiles))
+
+            def after_batch(n_done: int) -> None:
+                report(progress, "model", n_done, len(tiles))
+                token.raise_if_cancelled()
+
+            per_tile = runner.run(tiles, lambda chunk, dev: self._infer_tiles(pre.image, pad_value, chunk, dev),
+                                  after_batch)
+
+        with timer.stage("postprocess"):
+            report(progress, "postprocess", 0, 1)
+            rows = np.concatenate(per_tile, axis=0) if per_tile else np.zeros((0, 7))
+            if len(rows):
+                keep = nms_3d(torch.from_numpy(rows[:, :4]).float(), torch.from_numpy(rows[:, 4]).float(),
+                              self.nms_iou).numpy()
+                rows = rows[keep]
+                rows = rows[np.argsort(-rows[:, 4], kind="stable")]
+            flag = patient_flag(rows[:, 4].tolist(), op)
+            floor = DEFAULT_MIN_SCORE if min_score is None else float(min_score)
+            if op["threshold"] is not None:
+                floor = min(floor, op["threshold"])
+            rows = rows[rows[:, 4] >= floor]
+            if max_candidates is not None:
+                rows = rows[: int(max_candidates)]
+            centres_lps = pre.to_world(rows[:, :3]) if len(rows) else np.zeros((0, 3))
+            candidates = [
+                Candidate(id=f"N{rank}", rank=rank, center_lps=centres_lps[rank - 1].tolist(),
+                          diameter_mm=round(float(r[3]) * pre.spacing, 3), score=float(np.clip(r[4], 0, 1)),
+                          score_rpn=float(np.clip(r[5], 0, 1)), score_fprn=float(np.clip(r[6], 0, 1)))
+                for rank, r in enumerate(rows, start=1)]
+            report(progress, "postprocess", 1, 1)
+
+        provenance = {"library_version": __version__, "torch_version": torch.__version__,
+                      "device": str(runner.device), "op_backend": _op_backend(),
+                      "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      "amp": bool(self.amp and runner.device.type == "cuda"),
+                      "tile": list(self.tile), "overlap": self.overlap, "n_tiles": len(tiles),
+                      "notes": list(runner.notes)}
+        findings = Findings(candidates=candidates, patient_flag=flag, model=self.model_identity,
+                            volume=volume_identity(volume), provenance=provenance,
+                            operating_point={"name": op["name"], "threshold": op["threshold"],
+                                             "sensitivity": op["sensitivity"], "fp_per_scan": op["fp_per_scan"]},
+                            timings_s=timer.as_dict())
+        log.info("%d candidates, patient flag %s (%s tiles, %.1f s)", len(candidates), flag["status"],
+                 len(tiles), findings.timings_s["total"])
+        return findings

@@ -1,0 +1,52 @@
+"""The patient-level flag (the paper's "True Negative Patient" idea, section VI).
+
+The threshold comes only from the model card's ``operating_points`` (measured on its
+validation set by ``LesionDetectorLib.evaluation``); a card without them gives the
+status ``"unavailable"`` with the reason, never an invented threshold.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+OPERATING_POINT_NAMES = ("sensitivity_0.90", "sensitivity_0.95", "fp_per_scan_1", "fp_per_scan_4")
+DEFAULT_OPERATING_POINT = "sensitivity_0.95"
+
+
+def resolve_operating_point(card: Mapping[str, Any], name: str = DEFAULT_OPERATING_POINT) -> Dict[str, Any]:
+    """``{"name", "threshold", "sensitivity", "fp_per_scan", "reason"}`` for the chosen point.
+
+    ``threshold`` is None (with ``reason``) when the card has no operating points; an
+    unknown ``name`` on a card that has some raises ``ValueError`` naming the valid ones.
+    """
+    points = card.get("operating_points") or {}
+    if not points:
+        return {"name": name, "threshold": None, "sensitivity": None, "fp_per_scan": None,
+                "reason": "the model card has no operating points (the model was not evaluated on a "
+                          "validation set), so no patient-level threshold exists"}
+    if name not in points:
+        raise ValueError(f"operating point {name!r} is not in the model card; available: {', '.join(sorted(points))}")
+    point = points[name]
+    try:
+        threshold = float(point["threshold"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"operating point {name!r} of the model card has no numeric threshold") from exc
+    return {"name": name, "threshold": threshold, "sensitivity": point.get("sensitivity"),
+            "fp_per_scan": point.get("fp_per_scan"), "reason": None}
+
+
+def patient_flag(scores: Sequence[float], operating_point: Mapping[str, Any]) -> Dict[str, Any]:
+    """Positive when any score reaches the operating point's threshold, else likely negative.
+
+    Returns ``{"status", "operating_point", "threshold", "max_score"}`` (+ ``"reason"`` when
+    the status is ``"unavailable"``). ``max_score`` is None for a scan without candidates.
+    """
+    max_score: Optional[float] = float(max(scores)) if len(scores) else None
+    threshold = operating_point.get("threshold")
+    flag: Dict[str, Any] = {"operating_point": operating_point["name"], "threshold": threshold,
+                            "max_score": max_score}
+    if threshold is None:
+        flag["status"] = "unavailable"
+        flag["reason"] = operating_point.get("reason") or "no threshold for this operating point"
+    else:
+        flag["status"] = "positive" if max_score is not None and max_score >= threshold else "likely negative"
+    return flag
