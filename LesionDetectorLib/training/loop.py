@@ -1,0 +1,222 @@
+"""The training loop: RPN first, then the FPRN joined (joint or alternating), on CPU, one GPU
+or many (torchrun DDP); AMP on CUDA; resumable; stops at an epoch count or a wall-clock budget.
+
+Schedule (section III-E): for the first ``rpn_first_fraction`` of training only the RPN losses
+train; then ``joint`` sums all terms, ``alternating`` alternates RPN-only and FPRN-only
+iterations. Training progress (for the focal loss T and the stage) is the larger of the
+iteration fraction and the elapsed fraction of ``time_budget_min``. Optimiser: AdamW with the
+learning rate divided by 10 for the last 20 % of progress (the paper does not give one).
+
+Outputs in ``out_dir``: ``train_log.jsonl`` (one line per epoch: loss terms, validation
+metrics, timings), ``checkpoint/`` (last state, for ``resume``), ``model/`` (the best model by
+validation CPM, or the last one without validation data, as ``save_pretrained`` writes it).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..model import ModelConfig, build_model, save_pretrained
+from .cache import CachedScan
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistInfo, all_reduce_mean, wrap_model
+from .sampler import CropDataset, collate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    out_dir: str
+    epochs: int = 50
+    iters_per_epoch: int = 200
+    batch_size: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    time_budget_min: float = 0.0        # > 0: stop (and finish the schedule) within this wall time
+    resume: bool = False
+    num_workers: int = 0
+    amp: bool = True                    # on CUDA only
+    pos_fraction: float = 0.5
+    validate_every: int = 1
+    abs_epochs: int = 0                 # extra epochs of the Anchor Based Sampling round
+    abs_hard_fraction: float = 0.3
+    progress_bar: bool = True
+    card: Dict[str, object] = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+
+
+def stage_at(config: ModelConfig, progress: float, iteration: int) -> str:
+    if not config.fprn or progress < config.rpn_first_fraction:
+        return "rpn"
+    if config.training == "alternating":
+        return "rpn" if iteration % 2 == 0 else "fprn"
+    return "joint"
+
+
+def mine_hard_regions(model, scans: List[CachedScan], tile, device, min_score: float = 0.5):
+    """ABS: false positives (score >= ``min_score``, centre outside every nodule) and missed nodules."""
+    from .validation import detect_cached
+
+    regions = []
+    for i, scan in enumerate(scans):
+        det = detect_cached(model, scan, tile, device=device)
+        det = det[det[:, 4] >= min_score]
+        for r in det:
+            d = np.linalg.norm(scan.boxes[:, :3] - r[:3], axis=1) if len(scan.boxes) else np.array([np.inf])
+            if not np.any(d < scan.boxes[:, 3] / 2 if len(scan.boxes) else False):
+                regions.append((i, r[:3].copy()))
+        for b in scan.boxes:
+            hit = len(det) and np.any(np.linalg.norm(det[:, :3] - b[:3], axis=1) < b[3] / 2)
+            if not hit:
+                regions.append((i, b[:3].copy()))
+    return regions
+
+
+def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: List[CachedScan],
+                opts: TrainOptions, dist_info: Optional[DistInfo] = None) -> Dict[str, object]:
+    """Train ``config`` on cached scans; returns a summary (best CPM, epochs, iterations, paths)."""
+    info = dist_info or DistInfo()
+    device = info.device
+    out = Path(opts.out_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    _seed_everything(opts.seed + info.rank)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    use_amp = opts.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    stage = "rpn"
+    state = {"epoch": 0, "iteration": 0, "best_cpm": -1.0, "elapsed_s": 0.0, "abs_done": False}
+    if opts.resume and (out / "checkpoint").is_dir():
+        state, _ = load_checkpoint(out / "checkpoint", model, optimizer, scaler)
+        log.info("resumed from epoch %d, iteration %d", state["epoch"], state["iteration"])
+    ddp_model = wrap_model(model, info)
+
+    total_epochs = opts.epochs + opts.abs_epochs
+    total_iters = total_epochs * opts.iters_per_epoch
+    budget_s = opts.time_budget_min * 60.0
+    dataset = CropDataset(train_scans, config.crop_size, opts.iters_per_epoch * opts.batch_size * info.world_size,
+                          seed=opts.seed, pos_fraction=opts.pos_fraction, max_diameter=config.max_train_diameter)
+    # Every rank takes its own interleaved share of the same deterministic crop sequence.
+    indices = list(range(info.rank, len(dataset), info.world_size))
+    loader_kw = dict(batch_size=opts.batch_size, collate_fn=collate, num_workers=opts.num_workers,
+                     sampler=indices, pin_memory=device.type == "cuda")
+    log_path = out / "train_log.jsonl"
+    start_time = time.time() - float(state["elapsed_s"])
+    stop = False
+    while state["epoch"] < total_epochs and not stop:
+        epoch = state["epoch"]
+        if epoch >= opts.epochs and opts.abs_epochs and not state["abs_done"]:
+            dataset.hard_regions = mine_hard_regions(model, train_scans, config.crop_size, device)
+            dataset.hard_fraction = opts.abs_hard_fraction if dataset.hard_regions else 0.0
+            state["abs_done"] = True
+            log.info("ABS: %d hard regions", len(dataset.hard_regions))
+        dataset.set_epoch(epoch)
+        ddp_model.train()
+        sums: Dict[str, float] = {}
+        n = 0
+        t_epoch = time.time()
+        bar = None
+        if opts.progress_bar and info.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=opts.iters_per_epoch, desc=f"epoch {epoch + 1}/{total_epochs}", leave=False)
+        for images, targets in DataLoader(dataset, **loader_kw):
+            it = state["iteration"]
+            progress = it / max(total_iters, 1)
+            if budget_s > 0:
+                progress = max(progress, (time.time() - start_time) / budget_s)
+            stage = stage_at(config, progress, it)
+            model.set_stage(stage)
+            model.set_progress(progress)
+            lr = opts.lr * (0.1 if progress >= 0.8 else 1.0)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            images = images.to(device, non_blocking=True)
+            targets = [t.to(device) for t in targets]
+            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+            with autocast:
+                losses = ddp_model(images, targets)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            n += 1
+            state["iteration"] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", stage=stage)
+            if budget_s > 0 and time.time() - start_time >= budget_s:
+                stop = True
+                break
+        if bar is not None:
+            bar.close()
+        state["epoch"] += 1
+        state["elapsed_s"] = time.time() - start_time
+        record = {"epoch": state["epoch"], "iteration": state["iteration"], "stage": stage,
+                  "epoch_s": round(time.time() - t_epoch, 2)}
+        record.update({k: all_reduce_mean(v / max(n, 1), info) for k, v in sums.items()})
+        final = stop or state["epoch"] >= total_epochs
+        if info.is_main:
+            improved = False
+            if val_scans and (state["epoch"] % opts.validate_every == 0 or final):
+                metrics, result = _validation(model, val_scans, config, device)
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+                if not math.isnan(metrics["cpm"]) and metrics["cpm"] > state["best_cpm"]:
+                    state["best_cpm"] = metrics["cpm"]
+                    improved = True
+                    _save_model(model, out / "model", opts, state, result)
+            elif not val_scans:
+                _save_model(model, out / "model", opts, state, None)
+            record["best"] = improved
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            save_checkpoint(out / "checkpoint", model, optimizer, state, scaler)
+            log.info("epoch %d: %s", state["epoch"], {k: v for k, v in record.items() if k != "epoch"})
+    return {"epochs": state["epoch"], "iterations": state["iteration"], "best_cpm": state["best_cpm"],
+            "elapsed_s": time.time() - start_time, "out_dir": str(out), "model_dir": str(out / "model")}
+
+
+def _validation(model, val_scans, config, device):
+    from .validation import validate
+
+    was = model.training
+    try:
+        return validate(model, val_scans, config.crop_size, device)
+    finally:
+        model.train(was)
+
+
+def _save_model(model, directory: Path, opts: TrainOptions, state, result) -> None:
+    card = dict(opts.card)
+    card.setdefault("training_data", {})
+    card["training"] = {"epochs": state["epoch"], "iterations": state["iteration"], "seed": opts.seed,
+                        "options": {k: v for k, v in asdict(opts).items() if k not in ("card", "out_dir")}}
+    if result is not None:
+        from ..evaluation.operating_points import operating_points_dict
+
+        card["validation"] = {"cpm": float(result.cpm),
+                              "sensitivities": {f"{k:g}": float(v) for k, v in result.sensitivities.items()}}
+        card["operating_points"] = operating_points_dict(result.operating_points)
+    save_pretrained(model, directory, card)
