@@ -625,7 +625,7 @@ class LesionDetectorTest(ScriptedLoadableModuleTest):
         self.delayDisplay(f"Test passed: {n} candidates, {hits}/{len(nodules)} planted nodules found")
 
 
-def loadSyntheticSample(seed: int = 7, scene=None):
+def loadSyntheticSample(seed: int = 7, scene=None, size: str = "full"):
     """The bundled sample: a synthetic chest CT from LesionDetectorLib.data.synthetic.
 
     Returns ``(volumeNode, nodules)`` where nodules are dicts with ``center_lps`` and
@@ -634,13 +634,13 @@ def loadSyntheticSample(seed: int = 7, scene=None):
     """
     from LesionDetectorLib.data import synthetic
 
-    case = synthetic.generate_case(seed=seed)
-    volume = case.volume
+    case = synthetic.generate_scan(seed, 0, size=size)
+    volume = case.to_volume()
     scene = scene or slicer.mrmlScene
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"LesionDetectorSample{seed}")
     ijkToRas = geometry.ijk_to_ras_from_itk_geometry(volume.spacing, volume.origin, volume.direction)
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
     slicer.util.updateVolumeFromArray(node, volume.array.astype("int16"))
     node.CreateDefaultDisplayNodes()
-    nodules = [{"center_lps": list(n.center_lps), "diameter_mm": float(n.diameter_mm)} for n in case.nodules]
+    nodules = [{"center_lps": list(n.center_lps), "diameter_mm": float(n.diameter_mm)} for n in case.annotations]
     return node, nodules

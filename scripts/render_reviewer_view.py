@@ -106,9 +106,9 @@ def _sample_outputs(seed: int, model: Optional[str]):
     from LesionDetectorLib import Detector
     from LesionDetectorLib.data import synthetic
 
-    case = synthetic.generate_case(seed=seed)
+    volume = synthetic.generate_scan(seed, 0, size="full").to_volume()
     detector = Detector.from_pretrained(model or "luna16-synthetic")
-    return case.volume, detector(case.volume).to_dict()
+    return volume, detector(volume).to_dict()
 
 
 def main(argv=None) -> int:

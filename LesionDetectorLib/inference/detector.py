@@ -106,7 +106,7 @@ class Detector:
             ``operating_points``).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         batch_size: tiles per forward pass (default 2 on CUDA, 1 on CPU).
-        tile: window ``(D, H, W)`` voxels; default the model's training crop.
+        tile: window ``(D, H, W)`` voxels; default the card's ``inference.tile``, else the training crop.
         overlap: voxels shared by neighbouring tiles (default 32).
         nms_iou: IoU above which overlapping candidates merge (default: the config's
             ``final_nms_iou``, else 0.1).
@@ -128,7 +128,10 @@ class Detector:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         config = dict(self.card.get("config") or {})
-        crop = tile if tile is not None else config.get("crop_size", (128, 128, 128))
+        # A card may name a larger inference window than its training crop: the network is
+        # fully convolutional, and fewer, larger tiles waste less compute on overlap.
+        card_tile = (self.card.get("inference") or {}).get("tile")
+        crop = tile if tile is not None else (card_tile or config.get("crop_size", (128, 128, 128)))
         self.tile: Tuple[int, int, int] = ((int(crop),) * 3 if isinstance(crop, (int, np.integer))
                                            else tuple(int(c) for c in crop))
         if any(t % 16 for t in self.tile):
