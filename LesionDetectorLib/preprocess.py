@@ -24,8 +24,9 @@ so a 512 x 512 x 300 scan takes a few seconds on one core:
    :class:`NoLungsFoundError`.
 
 Supplied masks: a bool array in the volume's grid, or a label :class:`Volume` with its own
-geometry. LUNA16's ``seg-lungs-LUNA16`` masks label the left lung 3, the right lung 4 and
-the trachea / main bronchi 5; when labels 3 or 4 occur, only they count as lung, else every
+geometry. LUNA16's ``seg-lungs-LUNA16`` masks label the two lungs 3 and 4 and the trachea /
+main bronchi 5 (which lung carries which label is not relied upon; the synthetic generator
+writes 3 = right, 4 = left); when labels 3 or 4 occur, only they count as lung, else every
 non-zero voxel does.
 
 Intensities: HU clipped to ``hu_window`` (-1200, 600) and scaled to [0, 1]. Voxels farther

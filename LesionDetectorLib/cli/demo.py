@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=2024, help="seed of the synthetic scan (default 2024)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--progress", default="bar", choices=("bar", "none"))
+    p.add_argument("--size", default="full", choices=("full", "small"),
+                   help="full: a LUNA16-like 512x512 scan (default; minutes on a CPU); small: a coarse "
+                        "~2 mm scan that runs in seconds but is below the resolution the model was trained on")
     p.set_defaults(func=run)
 
 
@@ -60,15 +63,15 @@ def run(args) -> int:
     sink = detect_cli.EventSink(args.progress)
     detector = detect_cli._load_detector(argparse.Namespace(model=args.model, device=args.device, batch_size=None))
     sink.message(f"generating synthetic CT (seed {args.seed}) ...")
-    scan = generate_scan(args.seed, 0, size="small")
-    series_dir = out / f"synthetic_ct_seed{args.seed}_dicom"
+    scan = generate_scan(args.seed, 0, size=args.size)
+    series_dir = out / f"synthetic_ct_seed{args.seed}_{args.size}_dicom"
     if not series_dir.exists():
         write_ct_series(scan.to_volume(), series_dir, series_uid=scan.series_uid,
                         series_description=f"LesionDetector synthetic CT seed {args.seed}")
     detect_args = argparse.Namespace(series_uid=None, operating_point="sensitivity_0.95", min_score=None,
                                      max_candidates=100)
     findings, written = detect_cli.detect_one(detector, series_dir, out / "results", detect_args,
-                                              detect_cli.FORMATS, sink)
+                                              detect_cli.parse_formats("auto"), sink)
     sink.close_bar()
     truth = scan.annotations
     lines = [findings.summary_table(), "", f"Truth ({len(truth)} LUNA16-rule nodules, "
@@ -79,5 +82,7 @@ def run(args) -> int:
     lines += [f"  {hits}/{len(truth)} nodules hit by {len(findings)} candidates", "",
               f"CT (DICOM series, open it in Slicer): {series_dir}"]
     lines += [f"{fmt:>9}: {path}" for fmt, path in written.items()]
+    if not detect_cli.sr_available():
+        lines.append("       sr: not written (install the 'dicom' extra: pip install 'lesion-detector[dicom]')")
     sink.message("\n".join(lines))
     return 0

@@ -156,11 +156,24 @@ def unique_names(scans: Sequence[Path]) -> List[str]:
     return names
 
 
+def sr_available() -> bool:
+    """The DICOM SR export needs the optional ``dicom`` extra (highdicom + pydicom)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("highdicom", "pydicom"))
+
+
 def parse_formats(text: str) -> List[str]:
+    """``auto`` = every format, the DICOM SR only when highdicom is installed; an explicit ``sr``
+    without highdicom is refused up front rather than failing after detection."""
+    if text.strip().lower() == "auto":
+        return [f for f in FORMATS if f != "sr" or sr_available()]
     formats = [f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"unknown --format {', '.join(bad) or text!r}; choose from {', '.join(FORMATS)}")
+        raise ValueError(f"unknown --format {', '.join(bad) or text!r}; choose from auto, {', '.join(FORMATS)}")
+    if "sr" in formats and not sr_available():
+        raise ValueError("the DICOM SR export needs highdicom and pydicom: pip install 'lesion-detector[dicom]'")
     return formats
 
 
@@ -217,8 +230,9 @@ def register(subparsers) -> None:
     p.add_argument("--operating-point", default="sensitivity_0.95",
                    choices=("sensitivity_0.90", "sensitivity_0.95", "fp_per_scan_1", "fp_per_scan_4"),
                    help="model-card operating point deciding the patient flag (default sensitivity_0.95)")
-    p.add_argument("--format", default="mrk.json,csv,json,sr",
-                   help="comma-separated exports: mrk.json, csv, json, sr (sr for DICOM input only); "
+    p.add_argument("--format", default="auto",
+                   help="comma-separated exports: mrk.json, csv, json, sr (sr for DICOM input only, needs the "
+                        "'dicom' extra); 'auto' (default) = all of them, sr when highdicom is installed; "
                         "findings.json is always written")
     p.add_argument("--series-uid", help="DICOM series to read when a folder holds several; also the LUNA16 "
                                         "seriesuid when the scan has none (single input only)")

@@ -6,7 +6,7 @@ score / diameter / RPN / FPRN / review state, ``locked`` so review clicks do not
 The patient flag, operating point and model identity go into the node's ``measurements``
 as static measurements: Slicer's ``vtkMRMLMarkupsJsonStorageNode`` does not store node
 attributes, but it reads and writes measurements with name, value and description
-(checked against slicer-core in Testing/Lib/test_export_markups.py).
+(checked against slicer-core in Testing/Lib/test_export_formats.py).
 """
 from __future__ import annotations
 
