@@ -1,5 +1,20 @@
 """``lesion-detector evaluate``: official-rule LUNA16 FROC/CPM, bootstrap CIs, TNP and
-operating points from the challenge's CSV files.
+operating points, from a predictions CSV or by running a model over a LUNA16-layout folder.
+
+Two ways to get the marks:
+
+* ``--predictions CSV`` with ``--annotations``, ``--excluded`` and ``--seriesuids``: evaluate
+  an existing submission file (from ``lesion-detector detect`` or any other detector).
+* ``--data DIR --model NAME_OR_DIR``: run the detector on every evaluated scan of a LUNA16-layout
+  folder (``subset*/<seriesuid>.mhd``, ``seg-lungs-LUNA16`` masks used when present). The
+  scans evaluated are ``seriesuids.csv`` of the folder, else every scan in it; annotations come
+  from its ``annotations.csv`` / ``annotations_excluded.csv`` (each overridable by the flags
+  above). Each scan's marks (at most ``--max-marks``, every score the model emits, since
+  the FROC needs the low ones) are written to ``<out>/predictions/<seriesuid>.csv`` as soon as
+  the scan finishes; ``--resume`` keeps those and runs only the missing scans (it refuses
+  predictions made by another model or with another ``--max-marks``, as recorded in
+  ``<out>/predictions/run.json``); without ``--resume`` earlier ones are discarded. All marks
+  are gathered into ``<out>/predictions.csv`` (the LUNA16 submission) and evaluated.
 
 Writes into ``--out``: report.json (``cpm`` at top level), report.md, froc.png, tnp.png and
 operating_points.json (the model card's ``operating_points``). Bad input exits with code 2.
@@ -7,27 +22,49 @@ operating_points.json (the model card's ``operating_points``). Bad input exits w
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
-from ..errors import EvaluationInputError
+from ..errors import EvaluationInputError, NoLungsFoundError
 
 log = logging.getLogger("lesion-detector.evaluate")
+
+DEFAULT_MODEL = "luna16-synthetic"
+PREDICTIONS_DIR = "predictions"
+PREDICTIONS_CSV = "predictions.csv"
+RUN_FILE = "run.json"
+#: The FROC needs every mark down to the lowest scores; the model's own ``score_thresh`` is the floor.
+DATA_MODE_MIN_SCORE = 0.0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "evaluate", help="LUNA16 FROC/CPM, TNP and operating points of a predictions CSV",
+        "evaluate", help="LUNA16 FROC/CPM, TNP and operating points of a predictions CSV or of a model on a data set",
         description="Evaluate detector marks with the official LUNA16 rules (hit = centre within the nodule "
-                    "radius, marks on excluded findings ignored, at most 100 marks per scan).")
-    p.add_argument("--annotations", required=True, type=Path, help="annotations.csv (included nodules)")
-    p.add_argument("--excluded", required=True, type=Path, help="annotations_excluded.csv (ignored findings)")
-    p.add_argument("--seriesuids", required=True, type=Path, help="seriesuids.csv: the scans evaluated")
+                    "radius, marks on excluded findings ignored, at most 100 marks per scan). The marks come "
+                    "from --predictions, or from running --model over the LUNA16-layout folder --data.")
+    p.add_argument("--annotations", type=Path,
+                   help="annotations.csv (included nodules); default with --data: DATA/annotations.csv")
+    p.add_argument("--excluded", type=Path,
+                   help="annotations_excluded.csv (ignored findings); default with --data: "
+                        "DATA/annotations_excluded.csv (none when absent)")
+    p.add_argument("--seriesuids", type=Path,
+                   help="seriesuids.csv: the scans evaluated; default with --data: DATA/seriesuids.csv, "
+                        "else every scan of DATA")
     p.add_argument("--predictions", type=Path,
                    help="predictions CSV: seriesuid,coordX,coordY,coordZ,probability (world LPS mm)")
-    p.add_argument("--data", type=Path, help="LUNA16 data directory (detection mode, not available yet)")
-    p.add_argument("--model", help="model name (detection mode, not available yet)")
+    p.add_argument("--data", type=Path,
+                   help="LUNA16-layout folder (subset*/<seriesuid>.mhd, annotations.csv...): run --model on it")
+    p.add_argument("--model", help=f"bundled model name or model directory for --data ({DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for --data (auto)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass for --data (default 2 GPU / 1 CPU)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --data: keep the per-scan predictions already in OUT/predictions, run the rest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar for --data")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--bootstrap", type=int, default=1000, help="scan resamples for the CIs, 0 to skip (1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (0)")
@@ -46,37 +83,209 @@ def _check_args(args) -> None:
         raise EvaluationInputError("--confidence must lie strictly between 0 and 1")
     if not 0.0 < args.tnp_sensitivity <= 1.0:
         raise EvaluationInputError("--tnp-sensitivity must lie in (0, 1]")
+    data_mode = getattr(args, "data", None) is not None
+    if data_mode and args.predictions is not None:
+        raise EvaluationInputError("give either --predictions (evaluate a CSV) or --data (run a model), not both")
+    if not data_mode:
+        for flag in ("model", "resume"):
+            if getattr(args, flag, None):
+                raise EvaluationInputError(f"--{flag} applies to detection over --data, which is not given")
+        if args.predictions is None:
+            raise EvaluationInputError("evaluate needs --predictions (a LUNA16 predictions CSV) or --data with "
+                                       "--model (run a model over a LUNA16-layout folder)")
+        missing = [f"--{k}" for k in ("annotations", "excluded", "seriesuids") if getattr(args, k) is None]
+        if missing:
+            raise EvaluationInputError(f"evaluating --predictions needs {', '.join(missing)}")
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        raise EvaluationInputError("--batch-size must be >= 1")
+
+
+# ------------------------------------------------------------------------------ inputs
+def resolve_inputs(args, dataset=None) -> Tuple[list, list, List[str], Dict[str, str]]:
+    """``(annotations, excluded, seriesuids, inputs)``: the evaluation's ground truth and scan list.
+
+    With a ``dataset`` (``--data``) the folder's files are the defaults of the flags; ``inputs``
+    names what was used, for the report.
+    """
+    from ..evaluation.csv_io import read_annotations, read_seriesuids
+
+    annotations_path, excluded_path, uids_path = args.annotations, args.excluded, args.seriesuids
+    if dataset is not None:
+        root = dataset.root
+        if annotations_path is None:
+            if dataset.annotations_path is None:
+                raise EvaluationInputError(f"{root} has no annotations.csv; pass --annotations")
+            annotations_path = dataset.annotations_path
+        if excluded_path is None and dataset.excluded_path is not None:
+            excluded_path = dataset.excluded_path
+        if uids_path is None and (root / "seriesuids.csv").is_file():
+            uids_path = root / "seriesuids.csv"
+    annotations = read_annotations(annotations_path)
+    if excluded_path is not None:
+        excluded = read_annotations(excluded_path)
+    else:
+        log.warning("%s has no annotations_excluded.csv: no finding is excluded", dataset.root)
+        excluded = []
+    if uids_path is not None:
+        seriesuids = read_seriesuids(uids_path)
+    else:
+        seriesuids = [scan.seriesuid for scan in dataset]
+    inputs = {"annotations": str(annotations_path), "excluded": str(excluded_path),
+              "seriesuids": str(uids_path) if uids_path is not None else f"every scan of {dataset.root}"}
+    return annotations, excluded, seriesuids, inputs
 
 
 def load_predictions(args, seriesuids: List[str]):
-    """The marks to evaluate. Only ``--predictions`` exists today; a detection mode over
-    ``--data/--model`` plugs in here and returns the same list of Prediction records."""
+    """The marks of ``--predictions`` as Prediction records (the CSV mode)."""
     from ..evaluation.csv_io import read_predictions
 
-    if args.predictions is not None:
-        return read_predictions(args.predictions, seriesuids)
-    if args.data is not None or args.model is not None:
+    return read_predictions(args.predictions, seriesuids)
+
+
+# ---------------------------------------------------------------------------- data mode
+def _model_identity(name_or_dir: str) -> Dict[str, str]:
+    """Name, version and weights SHA-256 from the model card alone (weights are verified on load)."""
+    from ..inference import resolve_model_dir
+    from ..model import read_card
+
+    directory = resolve_model_dir(name_or_dir)
+    card = read_card(directory)
+    return {"name": str(card.get("name", directory.name)), "version": str(card.get("version", "unknown")),
+            "sha256": str(card["sha256"]), "directory": str(directory.resolve())}
+
+
+def _prepare_predictions_dir(pred_dir: Path, settings: Dict[str, object], resume: bool,
+                             seriesuids: List[str]) -> None:
+    """Check (``--resume``) or reset the per-scan predictions folder, then record ``settings``."""
+    from ..export.atomic import atomic_write_text
+
+    run_file = pred_dir / RUN_FILE
+    if resume and run_file.is_file():
+        try:
+            before = json.loads(run_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EvaluationInputError(f"{run_file} is unreadable ({exc}); drop --resume to start over") from None
+        if before.get("model", {}).get("sha256") != settings["model"]["sha256"]:
+            raise EvaluationInputError(
+                f"--resume: the predictions in {pred_dir} were made by model {before.get('model', {}).get('name')!r} "
+                f"(sha256 {str(before.get('model', {}).get('sha256'))[:12]}...), not by "
+                f"{settings['model']['name']!r} (sha256 {settings['model']['sha256'][:12]}...); "
+                f"use another --out or drop --resume")
+        for key in ("max_candidates", "min_score"):
+            if before.get(key) != settings[key]:
+                raise EvaluationInputError(
+                    f"--resume: the predictions in {pred_dir} were made with {key}={before.get(key)}, this run "
+                    f"asks for {settings[key]}; use another --out or drop --resume")
+    elif resume and any((pred_dir / f"{uid}.csv").is_file() for uid in seriesuids):
+        raise EvaluationInputError(f"--resume: {pred_dir} holds predictions but no {RUN_FILE} saying which model "
+                                   f"made them; use another --out or drop --resume")
+    elif not resume and pred_dir.is_dir():
+        stale = [pred_dir / f"{uid}.csv" for uid in seriesuids if (pred_dir / f"{uid}.csv").is_file()]
+        if stale:
+            log.info("discarding %d earlier per-scan prediction file(s) in %s (--resume keeps them)",
+                     len(stale), pred_dir)
+        for path in stale:
+            path.unlink()
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_file, json.dumps(settings, indent=2) + "\n")
+
+
+def detect_dataset(args, dataset, seriesuids: List[str]) -> Tuple[Path, Dict[str, object]]:
+    """Run the model over the evaluated scans of ``dataset``; returns the gathered submission
+    CSV (``<out>/predictions.csv``) and a summary ``{"model", "run", "skipped", "no_lungs"}``."""
+    from ..export import write_luna16_csv
+    from ..io import read_volume
+    from .detect import _load_detector
+
+    absent = [uid for uid in seriesuids if uid not in dataset]
+    if absent:
         raise EvaluationInputError(
-            "evaluate needs --predictions: running detection from --data/--model is not available yet; run "
-            "`lesion-detector detect` and pass its LUNA16 CSV with --predictions")
-    raise EvaluationInputError("evaluate needs --predictions (a LUNA16 predictions CSV)")
+            f"{len(absent)} evaluated series have no scan under {dataset.root} (first: {absent[0]}); "
+            f"pass the scan list with --seriesuids or complete the folder")
+    args.model = args.model or DEFAULT_MODEL
+    max_candidates = args.max_marks if args.max_marks > 0 else None
+    settings = {"model": _model_identity(args.model), "max_candidates": max_candidates,
+                "min_score": DATA_MODE_MIN_SCORE, "data": str(Path(dataset.root).resolve())}
+    pred_dir = args.out / PREDICTIONS_DIR
+    _prepare_predictions_dir(pred_dir, settings, args.resume, seriesuids)
+
+    todo = [uid for uid in seriesuids if not (pred_dir / f"{uid}.csv").is_file()]
+    skipped = len(seriesuids) - len(todo)
+    if skipped:
+        print(f"resume: {skipped} of {len(seriesuids)} scan(s) already have predictions in {pred_dir}")
+    no_lungs: List[str] = []
+    if todo:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        detector = _load_detector(args)
+        print(f"model {detector.card['name']} {detector.card['version']} on {detector.device}: "
+              f"{len(todo)} scan(s) to detect -> {pred_dir}")
+        with logging_redirect_tqdm(), tqdm(total=len(seriesuids), initial=skipped, desc="evaluate", unit="scan",
+                                           disable=args.no_progress, dynamic_ncols=True) as bar:
+            for uid in todo:
+                scan = dataset.scan(uid)
+                volume = dataset.read(uid)
+                mask = read_volume(str(scan.lung_mask_path), allow_non_ct=True) if scan.lung_mask_path else None
+                try:
+                    findings = [detector(volume, lung_mask=mask, min_score=DATA_MODE_MIN_SCORE,
+                                         max_candidates=max_candidates)]
+                except NoLungsFoundError as exc:
+                    # The pipeline's honest outcome for this scan: no marks (its nodules count as missed).
+                    log.warning("%s: %s; the scan gets no marks", uid, exc)
+                    no_lungs.append(uid)
+                    findings = []
+                # Written atomically: a file that exists is complete, so --resume can trust it.
+                write_luna16_csv(findings, pred_dir / f"{uid}.csv", series_uids=[uid] * len(findings))
+                bar.set_postfix_str(f"{uid[-12:]}: {len(findings[0]) if findings else 0} marks")
+                bar.update(1)
+    return gather_predictions(pred_dir, seriesuids, args.out / PREDICTIONS_CSV), {
+        "model": settings["model"], "run": len(todo), "skipped": skipped, "no_lungs": no_lungs}
 
 
+def gather_predictions(pred_dir: Path, seriesuids: List[str], out_csv: Path) -> Path:
+    """Concatenate ``<pred_dir>/<uid>.csv`` (every one checked) into one LUNA16 submission CSV."""
+    from ..evaluation.csv_io import PREDICTION_COLUMNS, read_predictions
+    from ..export.atomic import atomic_open
+
+    with atomic_open(out_csv, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PREDICTION_COLUMNS)
+        for uid in seriesuids:
+            for p in read_predictions(pred_dir / f"{uid}.csv", [uid]):
+                writer.writerow([p.seriesuid, repr(p.x), repr(p.y), repr(p.z), repr(p.probability)])
+    return out_csv
+
+
+# ------------------------------------------------------------------------------------ run
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.csv_io import read_annotations, read_seriesuids
+    from ..evaluation.csv_io import read_predictions
     from ..evaluation.luna16 import evaluate_luna16
     from ..evaluation.report import write_report
 
     _check_args(args)
-    seriesuids = read_seriesuids(args.seriesuids)
-    annotations = read_annotations(args.annotations)
-    excluded = read_annotations(args.excluded)
-    predictions = load_predictions(args, seriesuids)
+    summary: Optional[Dict[str, object]] = None
+    if args.data is not None:
+        from ..data.luna16 import Luna16Dataset
+
+        dataset = Luna16Dataset(args.data)          # VolumeError (exit 2) when it is not a LUNA16 folder
+        annotations, excluded, seriesuids, inputs = resolve_inputs(args, dataset)
+        predictions_csv, summary = detect_dataset(args, dataset, seriesuids)
+        predictions = read_predictions(predictions_csv, seriesuids)
+        inputs.update({"predictions": str(predictions_csv), "data": str(args.data),
+                       "model": summary["model"]["name"], "model_version": summary["model"]["version"],
+                       "model_sha256": summary["model"]["sha256"]})
+    else:
+        annotations, excluded, seriesuids, inputs = resolve_inputs(args)
+        predictions = load_predictions(args, seriesuids)
+        inputs["predictions"] = str(args.predictions)
     result = evaluate_luna16(annotations, excluded, seriesuids, predictions, max_marks=args.max_marks,
                              bootstrap=args.bootstrap, seed=args.seed, confidence=args.confidence,
                              tnp_sensitivity=args.tnp_sensitivity)
-    inputs = {k: str(getattr(args, k)) for k in ("annotations", "excluded", "seriesuids", "predictions")}
     written = write_report(result, args.out, inputs)
+    if summary is not None and summary["no_lungs"]:
+        print(f"{len(summary['no_lungs'])} scan(s) without lungs found got no marks: "
+              f"{', '.join(summary['no_lungs'])}")
     line = f"CPM {result.cpm:.4f} over {result.n_scans} scans / {result.n_nodules} nodules"
     if result.ci is not None:
         line += f" ({result.ci.confidence:.0%} CI {result.ci.cpm_ci[0]:.4f}-{result.ci.cpm_ci[1]:.4f})"

@@ -2,22 +2,45 @@
 
 Per scan: ``<uid>.npy`` (float16 ``[z, y, x]`` in [0, 1], the ``preprocess`` crop) and
 ``<uid>.json`` = ``{"uid", "subset", "shape", "boxes": [[z, y, x, d], ...] (nodules in crop voxel
-index space, d in voxels = mm), "excluded": [...], "affine": 3x4 crop-index(z, y, x) -> LPS}``.
-The affine reproduces ``Preprocessed.to_world`` exactly (it is linear), so validation
-predictions map back to world coordinates without the scan.
+index space, d in voxels = mm), "excluded": [...], "affine": 3x4 crop-index(z, y, x) -> LPS,
+"preprocessing": "lungs" | "body"}``. The affine reproduces ``Preprocessed.to_world`` exactly
+(it is linear), so validation predictions map back to world coordinates without the scan.
+Both files are written atomically, the JSON last: a scan counts as cached only when its
+JSON exists, so an interrupted build never leaves a half-written scan behind.
+
+Two builders fill a cache:
+
+* :func:`build_luna16_cache`: LUNA16 layout, lung crop (``preprocess.preprocess`` with the
+  ``seg-lungs-LUNA16`` masks when present), ``subset`` = the LUNA16 subset (fold).
+* :func:`build_deeplesion_cache`: DeepLesion scan chunks, **no lung mask** (the paper,
+  section V-A: "no semantic segmentation is applied ... we still can reduce unnecessary parts
+  by clipping black borders"; each chunk rescaled to 1 mm): :func:`preprocess_without_lungs`.
+  Targets are the chunk's lesions of the ``"train"`` variant, lesions >= 48 mm go to
+  ``excluded``; ``subset`` = DL_info.csv's ``Train_Val_Test`` code (1 train, 2 val, 3 test).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+
+#: DeepLesion body threshold: soft tissue, bone and the table are above it; air (-1000 HU)
+#: and the outside-field-of-view padding (-3024 HU, the "black borders") below.
+BODY_THRESHOLD_HU = -500.0
+#: Connected regions above the threshold smaller than this (mL) are noise, not body.
+BODY_MIN_COMPONENT_ML = 1.0
+#: Context kept around the body's bounding box (mm).
+BODY_MARGIN_MM = 5.0
+#: DL_info.csv ``Train_Val_Test`` codes, stored as a cached DeepLesion scan's ``subset``.
+DEEPLESION_SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
 
 
 @dataclass
@@ -41,8 +64,13 @@ def _affine_of(pre) -> np.ndarray:
 
 
 def write_cached_scan(cache_dir: Union[str, Path], uid: str, pre, annotations_lps: Sequence[Sequence[float]],
-                      excluded_lps: Sequence[Sequence[float]] = (), subset: int = 0) -> Path:
-    """Store a ``Preprocessed`` scan and its annotations (``[x, y, z, diameter_mm]`` LPS rows)."""
+                      excluded_lps: Sequence[Sequence[float]] = (), subset: int = 0,
+                      preprocessing: str = "lungs") -> Path:
+    """Store a ``Preprocessed`` scan and its annotations (``[x, y, z, diameter_mm]`` LPS rows).
+
+    ``preprocessing`` names how the crop was made (``"lungs"``: lung crop, ``"body"``:
+    :func:`preprocess_without_lungs`); it is recorded, so a mixed cache can be told apart.
+    """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -53,12 +81,28 @@ def write_cached_scan(cache_dir: Union[str, Path], uid: str, pre, annotations_lp
         zyx = pre.from_world(rows[:, :3])
         return np.concatenate([zyx, rows[:, 3:4] / pre.spacing], axis=1).tolist()
 
-    np.save(cache_dir / f"{uid}.npy", np.asarray(pre.image, dtype=np.float16))
+    image = np.asarray(pre.image, dtype=np.float16)
+    _atomic_write(cache_dir / f"{uid}.npy", lambda fh: np.save(fh, image))
     meta = {"version": CACHE_VERSION, "uid": uid, "subset": int(subset), "shape": list(pre.image.shape),
             "boxes": to_boxes(annotations_lps), "excluded": to_boxes(excluded_lps),
-            "affine": _affine_of(pre).tolist()}
-    path = cache_dir / f"{uid}.json"
-    path.write_text(json.dumps(meta))
+            "affine": _affine_of(pre).tolist(), "preprocessing": preprocessing}
+    return _atomic_write(cache_dir / f"{uid}.json", lambda fh: fh.write(json.dumps(meta).encode()))
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """``write(binary file)`` into a temporary file beside ``path``, then rename it into place.
+
+    The file gets the permissions of an ordinary ``open`` (umask), so a shared cache stays
+    readable by its group; the temporary name is unique per process (DDP ranks, parallel runs).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -106,4 +150,114 @@ def build_luna16_cache(data_dir: Union[str, Path], cache_dir: Union[str, Path],
             write_cached_scan(cache_dir, scan.seriesuid, pre, ds.annotations(scan.seriesuid),
                               ds.excluded(scan.seriesuid), scan.subset)
         uids.append(scan.seriesuid)
+    return uids
+
+
+# ----------------------------------------------------------------------------- DeepLesion
+
+
+def body_mask(volume, threshold_hu: float = BODY_THRESHOLD_HU,
+              min_component_ml: float = BODY_MIN_COMPONENT_ML) -> np.ndarray:
+    """Bool ``[z, y, x]`` in the volume's grid: voxels above ``threshold_hu``, without the
+    face-connected specks smaller than ``min_component_ml`` (noise, stray bright pixels in
+    the air) that would otherwise stretch the bounding box."""
+    import SimpleITK as sitk
+
+    above = np.asarray(volume.array) > threshold_hu
+    if not above.any():
+        return above
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    min_voxels = int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
+    if min_voxels <= 1:
+        return above
+    labels = sitk.ConnectedComponent(sitk.GetImageFromArray(above.astype(np.uint8)), False)
+    labels = sitk.RelabelComponent(labels, minimumObjectSize=min_voxels)
+    return sitk.GetArrayViewFromImage(labels) > 0
+
+
+def preprocess_without_lungs(volume, spacing: float = 1.0, margin_mm: float = BODY_MARGIN_MM,
+                             threshold_hu: float = BODY_THRESHOLD_HU,
+                             hu_window: Optional[Tuple[float, float]] = None):
+    """DeepLesion preprocessing (the paper, section V-A): no segmentation, only the black
+    borders clipped, ``spacing`` mm isotropic, HU window -> [0, 1].
+
+    The crop is the bounding box of :func:`body_mask` plus ``margin_mm`` (clipped to the
+    scan), taken through :func:`LesionDetectorLib.preprocess.preprocess` with that mask in
+    place of the lungs and no outside padding (``pad_outside_mm=None``): resampling, HU window
+    and the returned :class:`~LesionDetectorLib.preprocess.Preprocessed` (``to_world`` /
+    ``from_world``, ``mask`` = the body) are exactly those of the lung path. Every voxel of
+    the crop keeps its own intensity.
+
+    Raises :class:`~LesionDetectorLib.errors.VolumeError` when no voxel is above ``threshold_hu``.
+    """
+    from ..errors import VolumeError
+    from ..preprocess import DEFAULT_HU_WINDOW, preprocess
+
+    mask = body_mask(volume, threshold_hu)
+    if not mask.any():
+        raise VolumeError(f"no body in the scan: no voxel above {threshold_hu:g} HU (an empty or air-only "
+                          f"image, or values not in Hounsfield units)")
+    return preprocess(volume, lung_mask=mask, spacing=spacing, margin_mm=margin_mm,
+                      hu_window=hu_window or DEFAULT_HU_WINDOW, pad_outside_mm=None)
+
+
+def build_deeplesion_cache(data_dir: Union[str, Path], cache_dir: Union[str, Path],
+                           splits: Sequence[str] = ("train",), variant: str = "train",
+                           progress: bool = False, **dataset_options) -> List[str]:
+    """Preprocess every scan chunk of the given official splits of a DeepLesion root once
+    (skipping cached ones); returns the chunks' ``seriesuid`` in order.
+
+    ``data_dir`` holds ``DL_info.csv`` and ``Images_png/`` (see
+    :class:`~LesionDetectorLib.data.deeplesion.DeepLesionDataset`, which also takes
+    ``dataset_options`` such as ``include_noisy``). Chunks with missing slices are skipped by
+    the data set. A chunk whose PNGs cannot be read or that holds no body is skipped with a
+    warning and remembered as ``<cache>/<seriesuid>.skip`` (the reason), so later builds (and
+    the other ranks of a DDP run) do not try it again; delete that file to retry.
+    Boxes: ``scan.boxes_lps(variant)`` (``"train"``: lesions >= 48 mm excluded).
+    ``progress`` shows a tqdm bar on stderr.
+    """
+    from ..data.deeplesion import DeepLesionDataset
+    from ..errors import NoLungsFoundError, VolumeError
+
+    unknown = [s for s in splits if s not in DEEPLESION_SPLIT_CODES]
+    if unknown:
+        raise ValueError(f"unknown DeepLesion split(s) {unknown}; expected {sorted(DEEPLESION_SPLIT_CODES)}")
+    cache_dir = Path(cache_dir)
+    ds = DeepLesionDataset(data_dir, splits=list(splits), **dataset_options)
+    done = set(cached_uids(cache_dir))
+    skipped_before = {p.stem for p in cache_dir.glob("*.skip")} - done
+    todo = [scan for scan in ds if scan.seriesuid not in done and scan.seriesuid not in skipped_before]
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"DeepLesion cache ({'+'.join(splits)})", unit="chunk")
+    uids, failed, known_bad = [], 0, 0
+    try:
+        for scan in ds:
+            uid = scan.seriesuid
+            if uid in skipped_before:
+                known_bad += 1
+                continue
+            if uid not in done:
+                try:
+                    pre = preprocess_without_lungs(scan.load())
+                except (VolumeError, NoLungsFoundError) as exc:
+                    log.warning("skipping DeepLesion chunk %s: %s", uid, exc)
+                    _atomic_write(cache_dir / f"{uid}.skip", lambda fh, text=f"{exc}\n": fh.write(text.encode()))
+                    failed += 1
+                    continue
+                finally:
+                    if bar is not None:
+                        bar.update(1)
+                targets, excluded = scan.boxes_lps(variant)
+                write_cached_scan(cache_dir, uid, pre, targets, excluded, DEEPLESION_SPLIT_CODES[scan.split],
+                                  preprocessing="body")
+            uids.append(uid)
+    finally:
+        if bar is not None:
+            bar.close()
+    if failed or known_bad:
+        log.warning("DeepLesion %s: %d chunk(s) cached, %d unusable (%d found now, %d earlier: see *.skip in %s)",
+                    "+".join(splits), len(uids), failed + known_bad, failed, known_bad, cache_dir)
     return uids

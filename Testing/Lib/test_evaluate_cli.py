@@ -70,7 +70,7 @@ def test_bad_input_exits_2_naming_file_and_line(tmp_path, capsys, name, text, me
 def test_detection_mode_needs_predictions(tmp_path, capsys):
     paths = write(tmp_path)
     args = [a for a in argv(paths, tmp_path / "out") if a not in ("--predictions", str(paths["predictions"]))]
-    assert main(args + ["--data", str(tmp_path), "--model", "luna16"]) == 2
+    assert main(args) == 2
     assert "needs --predictions" in capsys.readouterr().err
 
 
