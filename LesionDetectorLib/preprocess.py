@@ -45,7 +45,7 @@ import SimpleITK as sitk
 
 from .coordinates import (Geometry, index_to_world, isotropic_geometry, resample_to_grid, sub_grid, to_sitk,
                           world_to_index)
-from .errors import NoLungsFoundError
+from .errors import NoLungsFoundError, VolumeError
 from .volume import Volume
 
 AIR_THRESHOLD_HU = -320.0
@@ -257,3 +257,52 @@ def preprocess(volume: Volume, lung_mask: Optional[Union[np.ndarray, Volume]] = 
         image[~near] = normalize_hu(np.float32(PAD_HU), hu_window)
     return Preprocessed(image, mask, start, grid, Geometry.of(volume), (float(hu_window[0]), float(hu_window[1])),
                         lung_ml)
+
+
+#: DeepLesion body threshold: soft tissue, bone and the table are above it; air (-1000 HU)
+#: and the outside-field-of-view padding (-3024 HU, the "black borders") below.
+BODY_THRESHOLD_HU = -500.0
+#: Connected regions above the threshold smaller than this (mL) are noise, not body.
+BODY_MIN_COMPONENT_ML = 1.0
+#: Context kept around the body's bounding box (mm).
+BODY_MARGIN_MM = 5.0
+
+
+def body_mask(volume, threshold_hu: float = BODY_THRESHOLD_HU,
+              min_component_ml: float = BODY_MIN_COMPONENT_ML) -> np.ndarray:
+    """Bool ``[z, y, x]`` in the volume's grid: voxels above ``threshold_hu``, without the
+    face-connected specks smaller than ``min_component_ml`` (noise, stray bright pixels in
+    the air) that would otherwise stretch the bounding box."""
+    above = np.asarray(volume.array) > threshold_hu
+    if not above.any():
+        return above
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    min_voxels = int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
+    if min_voxels <= 1:
+        return above
+    labels = sitk.ConnectedComponent(sitk.GetImageFromArray(above.astype(np.uint8)), False)
+    labels = sitk.RelabelComponent(labels, minimumObjectSize=min_voxels)
+    return sitk.GetArrayViewFromImage(labels) > 0
+
+
+def preprocess_body(volume, spacing: float = 1.0, margin_mm: float = BODY_MARGIN_MM,
+                             threshold_hu: float = BODY_THRESHOLD_HU,
+                             hu_window: Optional[Tuple[float, float]] = None):
+    """DeepLesion preprocessing (the paper, section V-A): no segmentation, only the black
+    borders clipped, ``spacing`` mm isotropic, HU window -> [0, 1].
+
+    The crop is the bounding box of :func:`body_mask` plus ``margin_mm`` (clipped to the
+    scan), taken through :func:`preprocess` with that mask in
+    place of the lungs and no outside padding (``pad_outside_mm=None``): resampling, HU window
+    and the returned :class:`~LesionDetectorLib.preprocess.Preprocessed` (``to_world`` /
+    ``from_world``, ``mask`` = the body) are exactly those of the lung path. Every voxel of
+    the crop keeps its own intensity.
+
+    Raises :class:`~LesionDetectorLib.errors.VolumeError` when no voxel is above ``threshold_hu``.
+    """
+    mask = body_mask(volume, threshold_hu)
+    if not mask.any():
+        raise VolumeError(f"no body in the scan: no voxel above {threshold_hu:g} HU (an empty or air-only "
+                          f"image, or values not in Hounsfield units)")
+    return preprocess(volume, lung_mask=mask, spacing=spacing, margin_mm=margin_mm,
+                      hu_window=hu_window or DEFAULT_HU_WINDOW, pad_outside_mm=None)

@@ -120,11 +120,11 @@ def preprocessing_card(args: argparse.Namespace) -> Dict[str, object]:
     """The model card's ``preprocessing``: how training scans were cropped, so inference can match it.
 
     ``crop`` is ``"lungs"`` (``preprocess.preprocess``: lung mask, crop + 10 mm, outside padded
-    with 0 HU) or ``"body"`` (``training.cache.preprocess_without_lungs``: voxels above -500 HU,
+    with 0 HU) or ``"body"`` (``preprocess.preprocess_body``: voxels above -500 HU,
     crop + 5 mm, nothing padded).
     """
     from ..preprocess import DEFAULT_HU_WINDOW
-    from ..training.cache import BODY_MARGIN_MM, BODY_THRESHOLD_HU
+    from ..preprocess import BODY_MARGIN_MM, BODY_THRESHOLD_HU
 
     card: Dict[str, object] = {"spacing_mm": 1.0, "hu_window": list(DEFAULT_HU_WINDOW)}
     if args.dataset == "deeplesion":

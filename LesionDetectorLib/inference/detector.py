@@ -205,7 +205,7 @@ class Detector:
         was called), ``ValueError`` (unknown operating point), ``ModelError``.
         """
         from ..model.nms import nms_3d
-        from ..preprocess import PAD_HU, normalize_hu, preprocess
+        from ..preprocess import PAD_HU, normalize_hu, preprocess, preprocess_body
 
         timer = StageTimer()
         token = cancel or CancelToken()
@@ -223,7 +223,11 @@ class Detector:
 
         with timer.stage("preprocess"):
             report(progress, "preprocess", 0, 1)
-            pre = preprocess(volume, lung_mask=lung_mask)
+            if (self.card.get("preprocessing") or {}).get("crop") == "body":
+                # Models trained without lung masks (DeepLesion) see the whole body crop.
+                pre = preprocess_body(volume)
+            else:
+                pre = preprocess(volume, lung_mask=lung_mask)
             report(progress, "preprocess", 1, 1)
         token.raise_if_cancelled()
 

@@ -14,7 +14,7 @@ Two builders fill a cache:
   ``seg-lungs-LUNA16`` masks when present), ``subset`` = the LUNA16 subset (fold).
 * :func:`build_deeplesion_cache`: DeepLesion scan chunks, **no lung mask** (the paper,
   section V-A: "no semantic segmentation is applied ... we still can reduce unnecessary parts
-  by clipping black borders"; each chunk rescaled to 1 mm): :func:`preprocess_without_lungs`.
+  by clipping black borders"; each chunk rescaled to 1 mm): :func:`preprocess_body`.
   Targets are the chunk's lesions of the ``"train"`` variant, lesions >= 48 mm go to
   ``excluded``; ``subset`` = DL_info.csv's ``Train_Val_Test`` code (1 train, 2 val, 3 test).
 """
@@ -29,16 +29,12 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..preprocess import (BODY_MARGIN_MM, BODY_MIN_COMPONENT_ML, BODY_THRESHOLD_HU,  # noqa: F401 - re-exported
+                          body_mask, preprocess_body)
+
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
-#: DeepLesion body threshold: soft tissue, bone and the table are above it; air (-1000 HU)
-#: and the outside-field-of-view padding (-3024 HU, the "black borders") below.
-BODY_THRESHOLD_HU = -500.0
-#: Connected regions above the threshold smaller than this (mL) are noise, not body.
-BODY_MIN_COMPONENT_ML = 1.0
-#: Context kept around the body's bounding box (mm).
-BODY_MARGIN_MM = 5.0
 #: DL_info.csv ``Train_Val_Test`` codes, stored as a cached DeepLesion scan's ``subset``.
 DEEPLESION_SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
 
@@ -69,7 +65,7 @@ def write_cached_scan(cache_dir: Union[str, Path], uid: str, pre, annotations_lp
     """Store a ``Preprocessed`` scan and its annotations (``[x, y, z, diameter_mm]`` LPS rows).
 
     ``preprocessing`` names how the crop was made (``"lungs"``: lung crop, ``"body"``:
-    :func:`preprocess_without_lungs`); it is recorded, so a mixed cache can be told apart.
+    :func:`preprocess_body`); it is recorded, so a mixed cache can be told apart.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -156,51 +152,6 @@ def build_luna16_cache(data_dir: Union[str, Path], cache_dir: Union[str, Path],
 # ----------------------------------------------------------------------------- DeepLesion
 
 
-def body_mask(volume, threshold_hu: float = BODY_THRESHOLD_HU,
-              min_component_ml: float = BODY_MIN_COMPONENT_ML) -> np.ndarray:
-    """Bool ``[z, y, x]`` in the volume's grid: voxels above ``threshold_hu``, without the
-    face-connected specks smaller than ``min_component_ml`` (noise, stray bright pixels in
-    the air) that would otherwise stretch the bounding box."""
-    import SimpleITK as sitk
-
-    above = np.asarray(volume.array) > threshold_hu
-    if not above.any():
-        return above
-    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    min_voxels = int(np.ceil(min_component_ml / voxel_ml)) if min_component_ml > 0 else 0
-    if min_voxels <= 1:
-        return above
-    labels = sitk.ConnectedComponent(sitk.GetImageFromArray(above.astype(np.uint8)), False)
-    labels = sitk.RelabelComponent(labels, minimumObjectSize=min_voxels)
-    return sitk.GetArrayViewFromImage(labels) > 0
-
-
-def preprocess_without_lungs(volume, spacing: float = 1.0, margin_mm: float = BODY_MARGIN_MM,
-                             threshold_hu: float = BODY_THRESHOLD_HU,
-                             hu_window: Optional[Tuple[float, float]] = None):
-    """DeepLesion preprocessing (the paper, section V-A): no segmentation, only the black
-    borders clipped, ``spacing`` mm isotropic, HU window -> [0, 1].
-
-    The crop is the bounding box of :func:`body_mask` plus ``margin_mm`` (clipped to the
-    scan), taken through :func:`LesionDetectorLib.preprocess.preprocess` with that mask in
-    place of the lungs and no outside padding (``pad_outside_mm=None``): resampling, HU window
-    and the returned :class:`~LesionDetectorLib.preprocess.Preprocessed` (``to_world`` /
-    ``from_world``, ``mask`` = the body) are exactly those of the lung path. Every voxel of
-    the crop keeps its own intensity.
-
-    Raises :class:`~LesionDetectorLib.errors.VolumeError` when no voxel is above ``threshold_hu``.
-    """
-    from ..errors import VolumeError
-    from ..preprocess import DEFAULT_HU_WINDOW, preprocess
-
-    mask = body_mask(volume, threshold_hu)
-    if not mask.any():
-        raise VolumeError(f"no body in the scan: no voxel above {threshold_hu:g} HU (an empty or air-only "
-                          f"image, or values not in Hounsfield units)")
-    return preprocess(volume, lung_mask=mask, spacing=spacing, margin_mm=margin_mm,
-                      hu_window=hu_window or DEFAULT_HU_WINDOW, pad_outside_mm=None)
-
-
 def build_deeplesion_cache(data_dir: Union[str, Path], cache_dir: Union[str, Path],
                            splits: Sequence[str] = ("train",), variant: str = "train",
                            progress: bool = False, **dataset_options) -> List[str]:
@@ -241,7 +192,7 @@ def build_deeplesion_cache(data_dir: Union[str, Path], cache_dir: Union[str, Pat
                 continue
             if uid not in done:
                 try:
-                    pre = preprocess_without_lungs(scan.load())
+                    pre = preprocess_body(scan.load())
                 except (VolumeError, NoLungsFoundError) as exc:
                     log.warning("skipping DeepLesion chunk %s: %s", uid, exc)
                     _atomic_write(cache_dir / f"{uid}.skip", lambda fh, text=f"{exc}\n": fh.write(text.encode()))

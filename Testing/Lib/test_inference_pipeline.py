@@ -149,6 +149,21 @@ def test_no_lungs_is_an_error_not_an_empty_result():
         Detector(BlobModel(), fake_card(), device="cpu", tile=32)(solid)
 
 
+def test_body_crop_model_detects_without_lungs():
+    """A card trained on body crops (DeepLesion) needs no lungs: a lesion in soft tissue is found."""
+    arr = np.full((40, 48, 48), -1000.0, dtype=np.float32)
+    arr[4:36, 6:42, 6:42] = 40.0                          # body block, no air inside: no lungs
+    zz, yy, xx = np.mgrid[:40, :48, :48]
+    arr[(zz - 20) ** 2 + (yy - 24) ** 2 + (xx - 24) ** 2 <= 9] = 600.0  # bright lesion at voxel (20, 24, 24)
+    vol = Volume(arr, (1.0, 1.0, 1.0), (10.0, -5.0, 3.0), np.eye(3))
+    card = dict(fake_card(), preprocessing={"crop": "body"})
+    with pytest.raises(NoLungsFoundError):
+        Detector(BlobModel(level=0.95), fake_card(), device="cpu", tile=32)(vol)
+    findings = Detector(BlobModel(level=0.95), card, device="cpu", tile=32)(vol, min_score=0.0)
+    assert len(findings) >= 1
+    np.testing.assert_allclose(findings.candidates[0].center_lps, [34.0, 19.0, 23.0], atol=0.75)
+
+
 def test_real_network_from_pretrained_directory(tmp_path, chest_phantom):
     torch.manual_seed(0)
     model = build_model(ModelConfig.preset("luna16"))

@@ -22,7 +22,7 @@ from LesionDetectorLib.preprocess import normalize_hu
 from LesionDetectorLib.training import read_cached_scan
 from LesionDetectorLib.training import cache as cache_mod
 from LesionDetectorLib.training.cache import (
-    BODY_MARGIN_MM, body_mask, build_deeplesion_cache, cached_uids, preprocess_without_lungs)
+    BODY_MARGIN_MM, body_mask, build_deeplesion_cache, cached_uids, preprocess_body)
 from LesionDetectorLib.volume import Volume
 
 from test_deeplesion_loader import _write_csv, _write_png
@@ -124,7 +124,7 @@ def test_air_only_chunk_is_skipped_with_a_warning_and_remembered(root, tmp_path,
     assert "000004_01_01_001-005" in caplog.text and "no body" in caplog.text
     assert "no body" in (tmp_path / "000004_01_01_001-005.skip").read_text()
     calls = []
-    monkeypatch.setattr(cache_mod, "preprocess_without_lungs", lambda v: calls.append(v))
+    monkeypatch.setattr(cache_mod, "preprocess_body", lambda v: calls.append(v))
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert build_deeplesion_cache(root, tmp_path, splits=("train",)) == uids
@@ -178,11 +178,11 @@ def test_body_mask_drops_specks_and_preprocess_refuses_air(root):
     mask = body_mask(volume)
     assert not mask[2, SPECK[0], SPECK[1]] and mask[2, BODY["cy"], BODY["cx"]]
     assert np.count_nonzero(mask) == np.count_nonzero(np.asarray(volume.array) > -500) - 4
-    pre = preprocess_without_lungs(volume)
+    pre = preprocess_body(volume)
     assert pre.spacing == 1.0 and pre.image.shape[0] == math.floor(12 * SZ) + 1 and pre.mask.any()
     air = Volume(np.full((4, 32, 32), -1000.0, dtype=np.float32), (0.7, 0.7, 2.5), (0, 0, 0), np.eye(3))
     with pytest.raises(VolumeError, match="no body"):
-        preprocess_without_lungs(air)
+        preprocess_body(air)
 
 
 def test_cached_scans_are_not_redone(root, built, monkeypatch):
@@ -191,7 +191,7 @@ def test_cached_scans_are_not_redone(root, built, monkeypatch):
     def fail(volume):
         raise AssertionError("a cached chunk was preprocessed again")
 
-    monkeypatch.setattr(cache_mod, "preprocess_without_lungs", fail)
+    monkeypatch.setattr(cache_mod, "preprocess_body", fail)
     assert build_deeplesion_cache(root, cache, splits=("train",)) == train
     with pytest.raises(ValueError, match="unknown DeepLesion split"):
         build_deeplesion_cache(root, cache, splits=("training",))

@@ -1,0 +1,122 @@
+"""Turn a training run into the bundled model: card, operating points, held-out test report.
+
+    python scripts/build_bundled_model.py --run runs/bundled/model --val data/val --test data/test \
+        --out Resources/Models/luna16-synthetic --report docs/evaluation/luna16-synthetic
+
+1. the run's weights are written with a full model card (intended use, limitations, training
+   data and budget, inference window);
+2. the model runs over the *validation* set (``lesion-detector evaluate --data``): its operating
+   points (sensitivity 0.90 / 0.95, 1 / 4 FP per scan) go into the card;
+3. the model runs over the *test* set, generated with another seed: CPM, FROC points with
+   bootstrap intervals, TNP, and the patient flag at the validation threshold go into the card
+   and the report folder (report.md / report.json / froc.png / tnp.png).
+
+The card's SHA-256 covers the weights file, which is never rewritten after step 1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from LesionDetectorLib.cli.main import main as cli
+from LesionDetectorLib.data.luna16 import Luna16Dataset
+from LesionDetectorLib.model import load_pretrained, save_pretrained
+from LesionDetectorLib.model.card import CARD_FILE
+
+
+def _write_card(directory: Path, card: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, directory / CARD_FILE)
+
+
+def _evaluate(data: Path, model: Path, out: Path, bootstrap: int) -> dict:
+    args = ["evaluate", "--data", str(data), "--model", str(model), "--out", str(out), "--device", "cpu",
+            "--bootstrap", str(bootstrap), "--resume", "--no-progress"]
+    if cli(args) != 0:
+        raise SystemExit(f"evaluation of {data} failed")
+    return json.loads((out / "report.json").read_text())
+
+
+def _patient_flags(data: Path, predictions: Path, threshold: float) -> dict:
+    """Patient-level flag on ``data`` at a threshold chosen elsewhere (validation)."""
+    ds = Luna16Dataset(data)
+    best = {s.seriesuid: 0.0 for s in ds}
+    with open(predictions) as f:
+        for row in csv.DictReader(f):
+            best[row["seriesuid"]] = max(best.get(row["seriesuid"], 0.0), float(row["probability"]))
+    pos = [u for u in best if len(ds.annotations(u))]
+    neg = [u for u in best if not len(ds.annotations(u))]
+    return {"threshold": threshold,
+            "positive_patients": len(pos), "flagged_positive": sum(best[u] >= threshold for u in pos),
+            "negative_patients": len(neg), "true_negative_patients": sum(best[u] < threshold for u in neg)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="model directory written by lesion-detector train")
+    p.add_argument("--val", type=Path, required=True, help="validation set (LUNA16 layout)")
+    p.add_argument("--test", type=Path, required=True, help="held-out test set (LUNA16 layout, another seed)")
+    p.add_argument("--out", type=Path, required=True, help="bundled model directory to write")
+    p.add_argument("--report", type=Path, required=True, help="folder for the test report")
+    p.add_argument("--work", type=Path, default=Path("runs/bundle-eval"), help="scratch folder (predictions)")
+    p.add_argument("--name", default="luna16-synthetic")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--tile", type=int, default=128, help="inference window (the network is fully convolutional)")
+    p.add_argument("--data-note", default="", help="how the training/validation/test sets were generated")
+    args = p.parse_args(argv)
+
+    model, run_card = load_pretrained(args.run, "cpu")
+    card = {
+        "name": args.name,
+        "version": args.version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "architecture": "3D Aggregated Faster R-CNN (Zhang, Cao, Liu, Luo): DenseNet U-Net backbone, "
+                        "RPN heads at strides 4/8/16, FPRN with Diameter Alignment, Local Magnification "
+                        "and RoIAlign3D; score = mean of RPN and FPRN probabilities",
+        "intended_use": "Research and software testing: lung-nodule candidate detection in chest CT, "
+                        "reviewed by a person. NOT FOR CLINICAL USE.",
+        "limitations": [
+            "Trained only on synthetic chest CT (LesionDetectorLib.data.synthetic) with real LIDC-IDRI "
+            "nodule shapes, never on real scans: accuracy on real CT is unknown and expected to be poor.",
+            "Trained on CPU for a short budget (see 'training'); far fewer iterations than the paper.",
+            "Operating points were measured on a small synthetic validation set; their sensitivities "
+            "and FP rates will not transfer to real data.",
+        ],
+        "training_data": dict(run_card.get("training_data") or {}, description=args.data_note or
+                              "synthetic CT in LUNA16 layout (lesion-detector synth), real LIDC nodule shapes"),
+        "training": run_card.get("training", {}),
+        "inference": {"tile": [args.tile] * 3, "overlap": 32},
+        "built_on": {"machine": platform.platform(), "python": sys.version.split()[0]},
+    }
+    save_pretrained(model, args.out, card)
+    card = json.loads((args.out / CARD_FILE).read_text())
+
+    val = _evaluate(args.val, args.out, args.work / "val", bootstrap=0)
+    card["operating_points"] = val["operating_points"]
+    card["validation"] = {"data": str(args.val), "cpm": val["cpm"], "sensitivities": val["sensitivities"],
+                          "n_scans": val.get("n_scans"), "n_nodules": val.get("n_nodules")}
+    _write_card(args.out, card)
+
+    test = _evaluate(args.test, args.out, args.report, bootstrap=1000)
+    thr = card["operating_points"]["sensitivity_0.95"]["threshold"]
+    card["test"] = {"data": str(args.test), "cpm": test["cpm"], "sensitivities": test["sensitivities"],
+                    "bootstrap": test.get("bootstrap"), "tnp": test.get("tnp"),
+                    "n_scans": test.get("n_scans"), "n_nodules": test.get("n_nodules"),
+                    "patient_flag_at_validation_sensitivity_0.95":
+                        _patient_flags(args.test, args.report / "predictions.csv", thr)}
+    _write_card(args.out, card)
+    print(json.dumps({"validation_cpm": val["cpm"], "test_cpm": test["cpm"], "test": card["test"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
