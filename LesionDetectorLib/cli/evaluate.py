@@ -18,6 +18,9 @@ Two ways to get the marks:
 
 Writes into ``--out``: report.json (``cpm`` at top level), report.md, froc.png, tnp.png and
 operating_points.json (the model card's ``operating_points``). Bad input exits with code 2.
+
+``--dataset deeplesion`` evaluates DeepLesion instead (the paper's Tables V and VI); see
+:mod:`.evaluate_deeplesion`.
 """
 from __future__ import annotations
 
@@ -46,6 +49,11 @@ def register(subparsers) -> None:
         description="Evaluate detector marks with the official LUNA16 rules (hit = centre within the nodule "
                     "radius, marks on excluded findings ignored, at most 100 marks per scan). The marks come "
                     "from --predictions, or from running --model over the LUNA16-layout folder --data.")
+    p.add_argument("--dataset", default="luna16", choices=("luna16", "deeplesion"),
+                   help="luna16 (default): the options below; deeplesion: Tables V/VI of the paper on the "
+                        "chunks of --data (DL_info.csv + Images_png/), marks from --predictions or --model")
+    p.add_argument("--split", choices=("train", "val", "test"),
+                   help="with --dataset deeplesion: the official split evaluated (test)")
     p.add_argument("--annotations", type=Path,
                    help="annotations.csv (included nodules); default with --data: DATA/annotations.csv")
     p.add_argument("--excluded", type=Path,
@@ -263,6 +271,12 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.luna16 import evaluate_luna16
     from ..evaluation.report import write_report
 
+    if getattr(args, "dataset", "luna16") == "deeplesion":
+        from .evaluate_deeplesion import run_deeplesion
+
+        return run_deeplesion(args)
+    if getattr(args, "split", None) is not None:
+        raise EvaluationInputError("--split applies to --dataset deeplesion")
     _check_args(args)
     summary: Optional[Dict[str, object]] = None
     if args.data is not None:
