@@ -145,7 +145,7 @@ def test_interrupt_leaves_no_results(tmp_path, scans, monkeypatch):
 
 def test_demo_writes_every_export_and_compares_with_truth(tmp_path, blob_detector, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--progress", "none", "--seed", "2024"]) == 0
+    assert main(["demo", "--out", str(out), "--progress", "none", "--seed", "2024", "--size", "small"]) == 0
     text = capsys.readouterr().out
     results = out / "results"
     assert sorted(p.name for p in results.iterdir()) == ["findings.json", "findings.mrk.json",
