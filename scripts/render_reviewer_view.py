@@ -66,16 +66,16 @@ def render(volume, findings: Dict[str, Any], out: Path, caption: str = CAPTION, 
 
     flag = findings["patient_flag"]
     thr = flag.get("threshold")
-    flag_text = (f"Patient flag: {flag['status'].upper()}   threshold "
+    flag_text = (f"Patient flag: {flag['status'].upper()}\nthreshold "
                  f"{'n/a' if thr is None else format(thr, '.3f')} at operating point {flag.get('operating_point')}")
     fig.text(0.51, 0.88, flag_text, fontsize=13, fontweight="bold", color="white",
              bbox=dict(facecolor=FLAG_COLOURS.get(flag["status"], "#757575"), edgecolor="none", pad=8))
     model = findings.get("model", {})
     prov = findings.get("provenance", {})
-    fig.text(0.51, 0.81, f"Model: {model.get('name')} {model.get('version')}   device {prov.get('device')}   "
+    fig.text(0.51, 0.78, f"Model: {model.get('name')} {model.get('version')}   device {prov.get('device')}\n"
                          f"roi_align_3d: {prov.get('op_backend')}", fontsize=9)
 
-    tab = fig.add_axes([0.51, 0.1, 0.47, 0.66])
+    tab = fig.add_axes([0.51, 0.1, 0.47, 0.62])
     tab.set_axis_off()
     rows = []
     for c in candidates[:max_rows]:
