@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+from ..atomic import atomic_open
 from .deeplesion import VARIANTS, DeepLesionDataset, DeepLesionScan
 from .deeplesion_info import LESION_TYPES
 
@@ -33,17 +32,11 @@ LESION_HEADER = ANNOTATION_HEADER + ("lesion_type", "lesion_type_name", "long_ax
 
 
 def _write_atomic(path: Path, header: Sequence[str], rows: List[Sequence]) -> None:
-    """Write via a temporary file in the same folder, then rename: never a half-written CSV."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    """Never a half-written CSV (:mod:`LesionDetectorLib.atomic`)."""
+    with atomic_open(path, "w", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def write_evaluation_csvs(scans: Sequence[DeepLesionScan], out_dir: Union[str, Path],

@@ -74,7 +74,7 @@ def _group_table(m: SubsetMetrics, groups: Dict[str, Dict[float, float]], rates:
         lines.append(f"| {name} | {m.lesion_counts.get(name, 0)} | "
                      + " | ".join(_fmt(sens.get(r)) for r in rates) + " |")
     if not groups:
-        lines.append(f"| (none) | 0 | " + " | ".join("n/a" for _ in rates) + " |")
+        lines.append("| (none) | 0 | " + " | ".join("n/a" for _ in rates) + " |")
     return lines
 
 

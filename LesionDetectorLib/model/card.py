@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
 import torch
 
+from ..atomic import atomic_write_bytes
 from ..errors import ModelError
 from ..version import __version__
 from .config import ModelConfig
@@ -36,17 +35,6 @@ def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_state_tensors(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -66,7 +54,7 @@ def save_pretrained(model: AggregatedFasterRCNN, directory: Union[str, Path], ca
     directory.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)          # unwrap DDP
     blob = save(model_state_tensors(model), metadata={"format": "pt"})
-    _atomic_write_bytes(directory / WEIGHTS_FILE, blob)
+    atomic_write_bytes(directory / WEIGHTS_FILE, blob)
     full = dict(card)
     full.update({
         "format": CARD_FORMAT, "format_version": 1,
@@ -79,7 +67,7 @@ def save_pretrained(model: AggregatedFasterRCNN, directory: Union[str, Path], ca
     })
     full.setdefault("training_data", {})
     full.setdefault("operating_points", {})
-    _atomic_write_bytes(directory / CARD_FILE, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(directory / CARD_FILE, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
     return directory / CARD_FILE
 
 

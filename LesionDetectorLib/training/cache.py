@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ..atomic import atomic_open
 from ..preprocess import (BODY_MARGIN_MM, BODY_MIN_COMPONENT_ML, BODY_THRESHOLD_HU,  # noqa: F401 - re-exported
                           body_mask, preprocess_body)
 
@@ -86,19 +86,10 @@ def write_cached_scan(cache_dir: Union[str, Path], uid: str, pre, annotations_lp
 
 
 def _atomic_write(path: Path, write) -> Path:
-    """``write(binary file)`` into a temporary file beside ``path``, then rename it into place.
-
-    The file gets the permissions of an ordinary ``open`` (umask), so a shared cache stays
-    readable by its group; the temporary name is unique per process (DDP ranks, parallel runs).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``write(binary file)`` into a temporary file beside ``path``, then rename it into place
+    (:mod:`LesionDetectorLib.atomic`: unique temporary names, umask permissions)."""
+    with atomic_open(path, "wb") as fh:
+        write(fh)
     return path
 
 

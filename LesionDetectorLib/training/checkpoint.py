@@ -10,28 +10,16 @@ leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
+from ..atomic import atomic_write_bytes
 from ..errors import ModelError
 
 TENSORS = "checkpoint.safetensors"
 STATE = "checkpoint.json"
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(directory: Union[str, Path], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -55,8 +43,8 @@ def save_checkpoint(directory: Union[str, Path], model: torch.nn.Module, optimiz
     meta = {"train_state": train_state, "param_groups": opt["param_groups"], "optim_scalars": scalar_state,
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             "config": model.config.to_dict() if hasattr(model, "config") else None}
-    _atomic(directory / TENSORS, save(tensors))
-    _atomic(directory / STATE, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(directory / TENSORS, save(tensors))
+    atomic_write_bytes(directory / STATE, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
     return directory / STATE
 
 
