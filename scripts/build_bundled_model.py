@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from LesionDetectorLib.atomic import atomic_write_text
 from LesionDetectorLib.cli.main import main as cli
 from LesionDetectorLib.data.luna16 import Luna16Dataset
 from LesionDetectorLib.model import load_pretrained, save_pretrained
@@ -32,10 +31,7 @@ from LesionDetectorLib.model.card import CARD_FILE
 
 
 def _write_card(directory: Path, card: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / CARD_FILE)
+    atomic_write_text(directory / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
 def _evaluate(data: Path, model: Path, out: Path, bootstrap: int) -> dict:

@@ -25,7 +25,8 @@ import numpy as np
 from ..version import __version__
 from .deeplesion_metrics import (DEEPLESION_FP_RATES, LARGE_LESION_MM, SIZE_BUCKETS, DeepLesionResult,
                                  SubsetMetrics, evaluate_deeplesion)
-from .report import _clean, atomic_write_text
+from ..atomic import atomic_write_text
+from .report import _clean
 
 REPORT_SCHEMA = "lesion-detector/deeplesion-evaluation"
 REPORT_SCHEMA_VERSION = "1.0"

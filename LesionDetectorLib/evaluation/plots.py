@@ -21,7 +21,7 @@ def _figure(size=(6.4, 4.8)):
 
 
 def _save(fig, path: Union[str, Path]) -> Path:
-    from .report import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
     import io
 
     buf = io.BytesIO()

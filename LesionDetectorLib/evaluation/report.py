@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from ..atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 - deeplesion_report imports them here
+from ..atomic import atomic_write_text
 from ..version import __version__
 
 REPORT_SCHEMA = "lesion-detector/luna16-evaluation"
