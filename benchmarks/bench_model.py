@@ -1,6 +1,7 @@
 """Model speed and size: forward time per crop, training-step time, parameter count, peak memory.
 
     python benchmarks/bench_model.py [--preset luna16] [--crop 128] [--repeats 3] [--device cpu cuda]
+        [--layout channels_last contiguous]
 
 Prints a Markdown table (for docs/benchmarks.md). CPU peak memory is the process's peak RSS
 (ru_maxrss, includes everything loaded so far); CUDA peak memory is
@@ -12,6 +13,7 @@ import argparse
 import resource
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -23,11 +25,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(preset: str, crop: int, device: torch.device, repeats: int) -> dict:
+def bench(preset: str, crop: int, device: torch.device, repeats: int, layout: Optional[str]) -> dict:
     torch.manual_seed(0)
+    layout = layout or ("channels_last" if device.type == "cpu" else "contiguous")   # what the library uses
     config = ModelConfig.preset(preset, crop_size=(crop,) * 3)
-    model = build_model(config).to(device)
-    x = torch.rand(1, 1, crop, crop, crop, device=device)
+    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    model = build_model(config).to(device=device, memory_format=fmt)
+    x = torch.rand(1, 1, crop, crop, crop, device=device).contiguous(memory_format=fmt)
     targets = [torch.tensor([[crop / 2, crop / 2 - 7, crop / 2 + 5, 10.0]], device=device)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -55,7 +59,7 @@ def bench(preset: str, crop: int, device: torch.device, repeats: int) -> dict:
             steps.append(time.perf_counter() - t)
     peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"preset": preset, "crop": crop, "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+    return {"preset": preset, "crop": crop, "layout": layout, "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters()),
             "forward_s": fwd, "train_step_s": sum(steps) / len(steps), "peak_mib": peak}
 
@@ -66,12 +70,17 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, nargs="+", default=[128])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    p.add_argument("--layout", nargs="+", choices=["channels_last", "contiguous"], default=[None],
+                   help="memory layout of weights and input (default: the library's, channels_last on CPU, "
+                        "contiguous on CUDA)")
     args = p.parse_args(argv)
-    rows = [bench(args.preset, c, torch.device(d), args.repeats) for d in args.device for c in args.crop]
-    print("| preset | crop | device | threads | parameters | forward / crop (s) | train step (s) | peak memory (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    rows = [bench(args.preset, c, torch.device(d), args.repeats, lay)
+            for d in args.device for c in args.crop for lay in args.layout]
+    print("| preset | crop | layout | device | threads | parameters | forward / crop (s) | train step (s) "
+          "| peak memory (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['crop']}^3 | {r['device']} | {r['threads']} | {r['params']:,} | "
+        print(f"| {r['preset']} | {r['crop']}^3 | {r['layout']} | {r['device']} | {r['threads']} | {r['params']:,} | "
               f"{r['forward_s']:.3f} | {r['train_step_s']:.3f} | {r['peak_mib']:.0f} |")
     return 0
 

@@ -96,6 +96,13 @@ def volume_identity(volume: Volume) -> Dict[str, Any]:
             "direction": [float(v) for v in volume.direction.reshape(-1)]}
 
 
+def _for_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    # oneDNN's 3-D convolutions run ~15-25 % faster on NDHWC tensors (benchmarks.md);
+    # the CUDA path keeps the layout it was validated with.
+    fmt = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    return model.to(device=device, memory_format=fmt)
+
+
 class Detector:
     """Callable lesion detector around an eval-mode model and its model card.
 
@@ -126,7 +133,7 @@ class Detector:
                 raise ModelError(f"model card has no {key!r}")
         self.card = dict(card)
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = _for_device(model, self.device).eval()
         config = dict(self.card.get("config") or {})
         # A card may name a larger inference window than its training crop: the network is
         # fully convolutional, and fewer, larger tiles waste less compute on overlap.
@@ -163,7 +170,7 @@ class Detector:
                 "sha256": str(self.card["sha256"])}
 
     def _move_to(self, device: torch.device) -> None:
-        self.model.to(device)
+        self.model = _for_device(self.model, device)
         self.device = device
 
     # ---------------------------------------------------------------------------- inference
@@ -173,6 +180,8 @@ class Detector:
         image voxels, already restricted to the detections whose centre the tile owns."""
         batch = torch.from_numpy(np.stack([extract_tile(image, t, pad_value) for t in tiles]))[:, None]
         batch = batch.to(device, non_blocking=True)
+        if device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
         autocast = (torch.autocast(device_type="cuda", dtype=torch.float16)
                     if device.type == "cuda" and self.amp else contextlib.nullcontext())
         with torch.inference_mode(), autocast:

@@ -4,7 +4,9 @@ or many (torchrun DDP); AMP on CUDA; resumable; stops at an epoch count or a wal
 Schedule (section III-E): for the first ``rpn_first_fraction`` of training only the RPN losses
 train; then ``joint`` sums all terms, ``alternating`` alternates RPN-only and FPRN-only
 iterations. Training progress (for the focal loss T and the stage) is the larger of the
-iteration fraction and the elapsed fraction of ``time_budget_min``. Optimiser: AdamW with the
+iteration fraction and the elapsed fraction of ``time_budget_min``; resuming with more epochs
+or a larger budget lowers it again (the lr schedule continues from there) but never returns a
+run whose FPRN has started to the RPN-only stage. Optimiser: AdamW with the
 learning rate divided by 10 for the last 20 % of progress (the paper does not give one).
 
 Outputs in ``out_dir``: ``train_log.jsonl`` (one line per epoch: loss terms, validation
@@ -17,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +51,7 @@ class TrainOptions:
     resume: bool = False
     num_workers: int = 0
     amp: bool = True                    # on CUDA only
+    channels_last: bool = True          # on CPU only: oneDNN's 3-D convolutions are ~25 % faster in NDHWC
     pos_fraction: float = 0.5
     validate_every: int = 1
     abs_epochs: int = 0                 # extra epochs of the Anchor Based Sampling round
@@ -59,6 +63,21 @@ class TrainOptions:
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
+
+
+def hardware_description(device: torch.device) -> str:
+    """What trained the model, for the card: accelerator or CPU model, threads, torch build."""
+    if device.type == "cuda":
+        what = f"{torch.cuda.get_device_name(device)} x{max(torch.cuda.device_count(), 1)} visible"
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        except OSError:
+            pass
+        what = f"CPU {cpu}, {torch.get_num_threads()} threads"
+    return f"{what}, torch {torch.__version__}"
 
 
 def stage_at(config: ModelConfig, progress: float, iteration: int) -> str:
@@ -98,6 +117,9 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
         out.mkdir(parents=True, exist_ok=True)
     _seed_everything(opts.seed + info.rank)
     model = build_model(config).to(device)
+    channels_last = opts.channels_last and device.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     use_amp = opts.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -141,13 +163,21 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
             progress = it / max(total_iters, 1)
             if budget_s > 0:
                 progress = max(progress, (time.time() - start_time) / budget_s)
-            stage = stage_at(config, progress, it)
+            if state.get("fprn_started"):
+                # A resumed run with a larger budget restarts the lr schedule from its new
+                # progress, but never drops the FPRN again once it has trained.
+                stage = stage_at(config, max(progress, config.rpn_first_fraction), it)
+            else:
+                stage = stage_at(config, progress, it)
+            state["fprn_started"] = bool(state.get("fprn_started") or stage != "rpn")
             model.set_stage(stage)
             model.set_progress(progress)
             lr = opts.lr * (0.1 if progress >= 0.8 else 1.0)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last_3d)
             targets = [t.to(device) for t in targets]
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:
@@ -212,7 +242,10 @@ def _save_model(model, directory: Path, opts: TrainOptions, state, result) -> No
     card = dict(opts.card)
     card.setdefault("training_data", {})
     card["training"] = {"epochs": state["epoch"], "iterations": state["iteration"], "seed": opts.seed,
+                        "wall_time_min": round(float(state["elapsed_s"]) / 60.0, 1),
+                        "hardware": hardware_description(next(model.parameters()).device),
                         "options": {k: v for k, v in asdict(opts).items() if k not in ("card", "out_dir")}}
+    card["training"].update(card.pop("training_extra", {}))
     if result is not None:
         from ..evaluation.operating_points import operating_points_dict
 

@@ -98,3 +98,29 @@ def test_card_with_wrong_architecture_is_refused(tmp_path):
     (tmp_path / "model.json").unlink()
     with pytest.raises(ModelError, match="not found"):
         load_pretrained(tmp_path)
+
+
+def test_channels_last_layout_gives_the_same_detections_and_losses():
+    """Training and CPU inference run in NDHWC (faster oneDNN kernels); no reshape in the model
+    may depend on the memory layout."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.preset("luna16", crop_size=(64,) * 3, **NARROW)).eval()
+    x = torch.rand(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        ref = model(x)[0]
+        cl_model = build_model(model.config)
+        cl_model.load_state_dict(model.state_dict())
+        cl_model = cl_model.eval().to(memory_format=torch.channels_last_3d)
+        got = cl_model(x.contiguous(memory_format=torch.channels_last_3d))[0]
+    assert got["boxes"].shape == ref["boxes"].shape and ref["boxes"].shape[0] > 0
+    for key in ("boxes", "scores", "scores_rpn", "scores_fprn"):
+        assert torch.allclose(got[key], ref[key], atol=1e-4), key
+    target = [torch.tensor([[30.0, 28.0, 35.0, 10.0]])]
+    model.train()
+    cl_model.train()
+    torch.manual_seed(1)
+    ref_losses = model(x, target)
+    torch.manual_seed(1)
+    cl_losses = cl_model(x.contiguous(memory_format=torch.channels_last_3d), target)
+    for key in ref_losses:
+        assert torch.allclose(cl_losses[key], ref_losses[key], rtol=1e-3, atol=1e-5), key
