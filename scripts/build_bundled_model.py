@@ -56,6 +56,20 @@ def _patient_flags(data: Path, predictions: Path, threshold: float) -> dict:
             "negative_patients": len(neg), "true_negative_patients": sum(best[u] < threshold for u in neg)}
 
 
+def _notes(items) -> dict:
+    """``KEY=VALUE`` pairs; values that parse as JSON (numbers, lists) keep their type."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--training-note wants KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="model directory written by lesion-detector train")
@@ -68,6 +82,8 @@ def main(argv=None) -> int:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--tile", type=int, default=128, help="inference window (the network is fully convolutional)")
     p.add_argument("--data-note", default="", help="how the training/validation/test sets were generated")
+    p.add_argument("--training-note", action="append", default=[], metavar="KEY=VALUE",
+                   help="add or replace a field of the card's 'training' (e.g. command=... for a resumed run)")
     args = p.parse_args(argv)
 
     model, run_card = load_pretrained(args.run, "cpu")
@@ -89,7 +105,7 @@ def main(argv=None) -> int:
         ],
         "training_data": dict(run_card.get("training_data") or {}, description=args.data_note or
                               "synthetic CT in LUNA16 layout (lesion-detector synth), real LIDC nodule shapes"),
-        "training": run_card.get("training", {}),
+        "training": dict(run_card.get("training", {}), **_notes(args.training_note)),
         "inference": {"tile": [args.tile] * 3, "overlap": 32},
         "built_on": {"machine": platform.platform(), "python": sys.version.split()[0]},
     }

@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -179,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
                             abs_epochs=abs_epochs, progress_bar=not args.no_progress,
                             card={"name": f"{config.name}-{Path(args.data).resolve().name}",
                                   "training_data": training_data_card(args, len(scans), len(val)),
-                                  "preprocessing": preprocessing_card(args)})
+                                  "preprocessing": preprocessing_card(args),
+                                  "training_extra": {"command": shlex.join(["lesion-detector", *getattr(args, "argv", [])])}})
         summary = train_model(config, scans, val, opts, info)
         if info.is_main:
             print(json.dumps(summary))

@@ -55,7 +55,8 @@ def test_tiny_run_overfits_one_nodule_and_resumes(tmp_path):
     scan = sphere_scan()
     config = ModelConfig.preset("tiny", **CFG)
     opts = TrainOptions(out_dir=str(tmp_path), epochs=4, iters_per_epoch=12, batch_size=2, lr=3e-3,
-                        pos_fraction=0.8, validate_every=4, progress_bar=False, card={"name": "overfit-test"})
+                        pos_fraction=0.8, validate_every=4, progress_bar=False,
+                        card={"name": "overfit-test", "training_extra": {"command": "lesion-detector train ..."}})
     summary = train_model(config, [scan], [scan], opts)
     assert summary["epochs"] == 4 and summary["iterations"] == 48
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
@@ -65,6 +66,10 @@ def test_tiny_run_overfits_one_nodule_and_resumes(tmp_path):
 
     model, card = load_pretrained(tmp_path / "model")
     assert card["name"] == "overfit-test" and "validation" in card
+    # the card says what trained it, how long, and with which command
+    assert card["training"]["command"] == "lesion-detector train ..." and "training_extra" not in card
+    assert "torch " + torch.__version__ in card["training"]["hardware"]
+    assert 0 <= card["training"]["wall_time_min"] < 30 and card["training"]["iterations"] == 48
     crop = torch.from_numpy(np.ascontiguousarray(scan.image[8:40, 6:38, 9:41]))[None, None]
     model.config.score_thresh = 0.0        # rank every proposal; calibration is not the point here
     with torch.no_grad():
@@ -82,3 +87,11 @@ def test_tiny_run_overfits_one_nodule_and_resumes(tmp_path):
     assert summary["iterations"] == 60
     state, saved = load_checkpoint(tmp_path / "checkpoint", model, None, restore_rng=False)
     assert state["epoch"] == 5 and saved["pyramid_channels"] == 8
+
+    # resume with a longer schedule: progress falls back to 60/216 .. 96/216, all below
+    # rpn_first_fraction, yet the FPRN, trained already, keeps training
+    opts.epochs, opts.iters_per_epoch = 6, 36
+    summary = train_model(config, [scan], [], opts)
+    assert summary["iterations"] == 96
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["stage"] == "joint" and "fprn_cls" in log[-1]
