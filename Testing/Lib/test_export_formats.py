@@ -1,7 +1,6 @@
 """Every export read back by its real reader: Slicer (slicer-core), csv, JSON schema, pydicom."""
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np

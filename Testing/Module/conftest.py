@@ -4,11 +4,9 @@
 it there, so ``import LesionDetector`` loads the module file and its helper package.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]

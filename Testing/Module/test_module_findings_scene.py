@@ -6,7 +6,6 @@ import pytest
 import slicer
 
 from LesionDetectorLogicLib import exports, findings_scene
-from LesionDetectorLogicLib.geometry import lps_to_ras
 from module_test_helpers import add_volume, oblique_ijk_to_ras
 
 
