@@ -30,7 +30,7 @@ import torch
 from ..errors import ModelError
 from ..version import __version__
 from ..volume import Volume
-from .device import BatchRunner, resolve_device
+from .device import BatchRunner, memory_format_for, resolve_device
 from .findings import Candidate, Findings
 from .patient_flag import DEFAULT_OPERATING_POINT, patient_flag, resolve_operating_point
 from .progress import CancelToken, ProgressCallback, StageTimer, report
@@ -97,10 +97,7 @@ def volume_identity(volume: Volume) -> Dict[str, Any]:
 
 
 def _for_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    # oneDNN's 3-D convolutions run ~15-25 % faster on NDHWC tensors (benchmarks.md);
-    # the CUDA path keeps the layout it was validated with.
-    fmt = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
-    return model.to(device=device, memory_format=fmt)
+    return model.to(device=device, memory_format=memory_format_for(device))
 
 
 class Detector:
@@ -180,8 +177,7 @@ class Detector:
         image voxels, already restricted to the detections whose centre the tile owns."""
         batch = torch.from_numpy(np.stack([extract_tile(image, t, pad_value) for t in tiles]))[:, None]
         batch = batch.to(device, non_blocking=True)
-        if device.type == "cpu":
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        batch = batch.contiguous(memory_format=memory_format_for(device))
         autocast = (torch.autocast(device_type="cuda", dtype=torch.float16)
                     if device.type == "cuda" and self.amp else contextlib.nullcontext())
         with torch.inference_mode(), autocast:

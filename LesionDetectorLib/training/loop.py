@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..inference.device import memory_format_for
 from ..model import ModelConfig, build_model, save_pretrained
 from .cache import CachedScan
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -51,7 +52,7 @@ class TrainOptions:
     resume: bool = False
     num_workers: int = 0
     amp: bool = True                    # on CUDA only
-    channels_last: bool = True          # on CPU only: oneDNN's 3-D convolutions are ~25 % faster in NDHWC
+    channels_last: bool = True          # the device's preferred layout (inference.device.memory_format_for)
     pos_fraction: float = 0.5
     validate_every: int = 1
     abs_epochs: int = 0                 # extra epochs of the Anchor Based Sampling round
@@ -117,9 +118,8 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
         out.mkdir(parents=True, exist_ok=True)
     _seed_everything(opts.seed + info.rank)
     model = build_model(config).to(device)
-    channels_last = opts.channels_last and device.type == "cpu"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+    layout = memory_format_for(device) if opts.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     use_amp = opts.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -176,8 +176,7 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
             for g in optimizer.param_groups:
                 g["lr"] = lr
             images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last_3d)
+            images = images.contiguous(memory_format=layout)
             targets = [t.to(device) for t in targets]
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:
