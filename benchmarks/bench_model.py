@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from LesionDetectorLib.inference.device import memory_format_for
 from LesionDetectorLib.model import ModelConfig, build_model
 
 
@@ -27,9 +28,12 @@ def _sync(device: torch.device) -> None:
 
 def bench(preset: str, crop: int, device: torch.device, repeats: int, layout: Optional[str]) -> dict:
     torch.manual_seed(0)
-    layout = layout or ("channels_last" if device.type == "cpu" else "contiguous")   # what the library uses
+    if layout is None:              # what the library uses on this device
+        fmt = memory_format_for(device)
+        layout = "channels_last" if fmt == torch.channels_last_3d else "contiguous"
+    else:
+        fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
     config = ModelConfig.preset(preset, crop_size=(crop,) * 3)
-    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
     model = build_model(config).to(device=device, memory_format=fmt)
     x = torch.rand(1, 1, crop, crop, crop, device=device).contiguous(memory_format=fmt)
     targets = [torch.tensor([[crop / 2, crop / 2 - 7, crop / 2 + 5, 10.0]], device=device)]

@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
                             card={"name": f"{config.name}-{Path(args.data).resolve().name}",
                                   "training_data": training_data_card(args, len(scans), len(val)),
                                   "preprocessing": preprocessing_card(args),
-                                  "training_extra": {"command": shlex.join(["lesion-detector", *getattr(args, "argv", [])])}})
+                                  "training": {"command": shlex.join(["lesion-detector", *getattr(args, "argv", [])])}})
         summary = train_model(config, scans, val, opts, info)
         if info.is_main:
             print(json.dumps(summary))

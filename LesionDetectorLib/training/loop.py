@@ -163,13 +163,11 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
             progress = it / max(total_iters, 1)
             if budget_s > 0:
                 progress = max(progress, (time.time() - start_time) / budget_s)
-            if state.get("fprn_started"):
-                # A resumed run with a larger budget restarts the lr schedule from its new
-                # progress, but never drops the FPRN again once it has trained.
-                stage = stage_at(config, max(progress, config.rpn_first_fraction), it)
-            else:
-                stage = stage_at(config, progress, it)
-            state["fprn_started"] = bool(state.get("fprn_started") or stage != "rpn")
+            # A resumed run with a larger budget restarts the lr schedule from its new
+            # progress, but never drops the FPRN again once it has trained.
+            started = bool(state.get("fprn_started"))
+            stage = stage_at(config, max(progress, config.rpn_first_fraction) if started else progress, it)
+            state["fprn_started"] = started or stage != "rpn"
             model.set_stage(stage)
             model.set_progress(progress)
             lr = opts.lr * (0.1 if progress >= 0.8 else 1.0)
@@ -240,11 +238,11 @@ def _validation(model, val_scans, config, device):
 def _save_model(model, directory: Path, opts: TrainOptions, state, result) -> None:
     card = dict(opts.card)
     card.setdefault("training_data", {})
-    card["training"] = {"epochs": state["epoch"], "iterations": state["iteration"], "seed": opts.seed,
-                        "wall_time_min": round(float(state["elapsed_s"]) / 60.0, 1),
-                        "hardware": hardware_description(next(model.parameters()).device),
-                        "options": {k: v for k, v in asdict(opts).items() if k not in ("card", "out_dir")}}
-    card["training"].update(card.pop("training_extra", {}))
+    # fields the caller knows (e.g. the CLI's command line) come with opts.card["training"]
+    card["training"] = dict(card.get("training") or {}, epochs=state["epoch"], iterations=state["iteration"],
+                            seed=opts.seed, wall_time_min=round(float(state["elapsed_s"]) / 60.0, 1),
+                            hardware=hardware_description(next(model.parameters()).device),
+                            options={k: v for k, v in asdict(opts).items() if k not in ("card", "out_dir")})
     if result is not None:
         from ..evaluation.operating_points import operating_points_dict
 

@@ -56,7 +56,7 @@ def test_tiny_run_overfits_one_nodule_and_resumes(tmp_path):
     config = ModelConfig.preset("tiny", **CFG)
     opts = TrainOptions(out_dir=str(tmp_path), epochs=4, iters_per_epoch=12, batch_size=2, lr=3e-3,
                         pos_fraction=0.8, validate_every=4, progress_bar=False,
-                        card={"name": "overfit-test", "training_extra": {"command": "lesion-detector train ..."}})
+                        card={"name": "overfit-test", "training": {"command": "lesion-detector train ..."}})
     summary = train_model(config, [scan], [scan], opts)
     assert summary["epochs"] == 4 and summary["iterations"] == 48
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
@@ -67,7 +67,7 @@ def test_tiny_run_overfits_one_nodule_and_resumes(tmp_path):
     model, card = load_pretrained(tmp_path / "model")
     assert card["name"] == "overfit-test" and "validation" in card
     # the card says what trained it, how long, and with which command
-    assert card["training"]["command"] == "lesion-detector train ..." and "training_extra" not in card
+    assert card["training"]["command"] == "lesion-detector train ..."
     assert "torch " + torch.__version__ in card["training"]["hardware"]
     assert 0 <= card["training"]["wall_time_min"] < 30 and card["training"]["iterations"] == 48
     crop = torch.from_numpy(np.ascontiguousarray(scan.image[8:40, 6:38, 9:41]))[None, None]
