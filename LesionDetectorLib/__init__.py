@@ -15,7 +15,8 @@ _LAZY = {
     "read_volume": ("io", "read_volume"),
     "write_volume": ("io", "write_volume"),
     "Detector": ("inference", "Detector"),
-    "Findings": ("inference", "Findings"),
+    "Findings": ("findings", "Findings"),
+    "Candidate": ("findings", "Candidate"),
 }
 
 __all__ = ["__version__", *_LAZY]

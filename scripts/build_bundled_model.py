@@ -25,7 +25,7 @@ from pathlib import Path
 
 from LesionDetectorLib.atomic import atomic_write_text
 from LesionDetectorLib.cli.main import main as cli
-from LesionDetectorLib.data.luna16 import Luna16Dataset
+from LesionDetectorLib.data.luna16_dataset import Luna16Dataset
 from LesionDetectorLib.model import load_pretrained, save_pretrained
 from LesionDetectorLib.model.card import CARD_FILE
 

@@ -35,7 +35,7 @@ def export_run(markups, folder, formats: Sequence[str], stem: Optional[str] = No
     problem (unknown format, DICOM SR for a volume not loaded from DICOM...).
     """
     from LesionDetectorLib import export as lib_export
-    from LesionDetectorLib.inference.findings import Findings
+    from LesionDetectorLib.findings import Findings
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:

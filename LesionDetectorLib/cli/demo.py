@@ -56,7 +56,7 @@ def truth_table(findings, nodules, threshold) -> List[str]:
 
 def run(args) -> int:
     from ..data.synthetic import generate_scan
-    from ..export.ct_series import write_ct_series
+    from ..io.ct_series import write_ct_series
 
     out: Path = args.out
     sink = detect_cli.EventSink(args.progress)

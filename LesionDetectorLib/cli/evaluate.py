@@ -268,7 +268,7 @@ def gather_predictions(pred_dir: Path, seriesuids: List[str], out_csv: Path) -> 
 # ------------------------------------------------------------------------------------ run
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.csv_io import read_predictions
-    from ..evaluation.luna16 import evaluate_luna16
+    from ..evaluation.luna16_evaluation import evaluate_luna16
     from ..evaluation.report import write_report
 
     if getattr(args, "dataset", "luna16") == "deeplesion":
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     summary: Optional[Dict[str, object]] = None
     if args.data is not None:
-        from ..data.luna16 import Luna16Dataset
+        from ..data.luna16_dataset import Luna16Dataset
 
         dataset = Luna16Dataset(args.data)          # VolumeError (exit 2) when it is not a LUNA16 folder
         annotations, excluded, seriesuids, inputs = resolve_inputs(args, dataset)

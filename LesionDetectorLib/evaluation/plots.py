@@ -31,7 +31,7 @@ def _save(fig, path: Union[str, Path]) -> Path:
 
 def plot_froc(result, path: Union[str, Path], title: Optional[str] = None) -> Path:
     """FROC curve on a log2 FP/scan axis (1/8 ... 8, as the official plot) with the bootstrap
-    band when present and the 7 CPM points marked. ``result`` is a :class:`~.luna16.FrocResult`."""
+    band when present and the 7 CPM points marked. ``result`` is a :class:`~.luna16_evaluation.FrocResult`."""
     from .froc import CurveEvents
 
     sens_dense = CurveEvents(result.matching).sensitivity_at(_DENSE_FPS)[0]

@@ -30,7 +30,7 @@ def _rate_key(rate: float) -> str:
 
 
 def report_dict(result, inputs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """JSON-ready summary of a :class:`~.luna16.FrocResult`."""
+    """JSON-ready summary of a :class:`~.luna16_evaluation.FrocResult`."""
     tnp = result.tnp
     ci = result.ci
     out: Dict[str, Any] = {

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..inference.findings import Findings
+from ..findings import Findings
 from ..version import __version__
 from .atomic import PathLike, atomic_path
 

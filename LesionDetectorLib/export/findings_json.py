@@ -2,7 +2,7 @@
 
 :func:`validate_findings_dict` is a small hand-written checker of that schema (no
 ``jsonschema`` dependency); :func:`read_findings_json` validates before building
-:class:`~LesionDetectorLib.inference.findings.Findings`.
+:class:`~LesionDetectorLib.findings.Findings`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, List, Mapping
 
-from ..inference.findings import REVIEW_STATES, SCHEMA_NAME, SCHEMA_VERSION, Findings
+from ..findings import REVIEW_STATES, SCHEMA_NAME, SCHEMA_VERSION, Findings
 from .atomic import PathLike, atomic_write_text
 
 FLAG_STATES = ("positive", "likely negative", "unavailable")

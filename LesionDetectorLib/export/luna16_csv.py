@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from ..inference.findings import Findings
+from ..findings import Findings
 from .atomic import PathLike, atomic_open
 
 HEADER = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "review"]

@@ -5,7 +5,7 @@
 :mod:`LesionDetectorLib.inference.detector`.
 """
 from .detector import Detector, resolve_model_dir
-from .findings import Candidate, Findings
+from ..findings import Candidate, Findings
 from .patient_flag import DEFAULT_OPERATING_POINT, OPERATING_POINT_NAMES, patient_flag, resolve_operating_point
 from .progress import CancelToken, ProgressCallback
 

@@ -31,7 +31,7 @@ from ..errors import ModelError
 from ..version import __version__
 from ..volume import Volume
 from .device import BatchRunner, memory_format_for, resolve_device
-from .findings import Candidate, Findings
+from ..findings import Candidate, Findings
 from .patient_flag import DEFAULT_OPERATING_POINT, patient_flag, resolve_operating_point
 from .progress import CancelToken, ProgressCallback, StageTimer, report
 from .sliding_window import Tile, extract_tile, plan_tiles

@@ -6,7 +6,7 @@ weight I/O ``save_pretrained`` / ``load_pretrained`` (safetensors + SHA-256).
 """
 from .card import load_pretrained, read_card, save_pretrained
 from .config import ModelConfig
-from .detector import AggregatedFasterRCNN, build_model
+from .faster_rcnn import AggregatedFasterRCNN, build_model
 
 __all__ = ["ModelConfig", "build_model", "AggregatedFasterRCNN", "save_pretrained", "load_pretrained",
            "read_card"]

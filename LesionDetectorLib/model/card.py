@@ -22,7 +22,7 @@ from ..atomic import atomic_write_bytes
 from ..errors import ModelError
 from ..version import __version__
 from .config import ModelConfig
-from .detector import AggregatedFasterRCNN, build_model
+from .faster_rcnn import AggregatedFasterRCNN, build_model
 
 CARD_FORMAT = "lesion-detector/model-card"
 WEIGHTS_FILE = "model.safetensors"

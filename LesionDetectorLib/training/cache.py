@@ -110,10 +110,10 @@ def build_luna16_cache(data_dir: Union[str, Path], cache_dir: Union[str, Path],
                        subsets: Optional[Iterable[int]] = None) -> List[str]:
     """Preprocess every scan of a LUNA16-layout directory once (skipping cached ones).
 
-    Uses ``data.luna16.Luna16Dataset`` (subsets, annotations, excluded list and the
+    Uses ``data.luna16_dataset.Luna16Dataset`` (subsets, annotations, excluded list and the
     ``seg-lungs-LUNA16`` masks when present) and ``preprocess.preprocess``.
     """
-    from ..data.luna16 import Luna16Dataset
+    from ..data.luna16_dataset import Luna16Dataset
     from ..errors import NoLungsFoundError
     from ..preprocess import preprocess
 

@@ -19,7 +19,7 @@ NODULE = np.array([50.0, -10.0, 5.0])
 @pytest.fixture
 def scans(tmp_path, chest_phantom):
     """An .mhd scan with a nodule, a DICOM series without, a corrupt file."""
-    from LesionDetectorLib.export.ct_series import write_ct_series
+    from LesionDetectorLib.io.ct_series import write_ct_series
 
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -15,7 +15,7 @@ import torch
 
 from LesionDetectorLib.cli.main import main
 from LesionDetectorLib.coordinates import world_to_index
-from LesionDetectorLib.data.luna16 import Luna16Dataset
+from LesionDetectorLib.data.luna16_dataset import Luna16Dataset
 from LesionDetectorLib.inference import Detector
 from LesionDetectorLib.io import read_volume, write_volume
 from LesionDetectorLib.model import ModelConfig, build_model, save_pretrained

@@ -8,7 +8,7 @@ import pytest
 
 from LesionDetectorLib.export import (atomic_open, read_findings_json, validate_findings_dict,
                                       write_findings_json, write_luna16_csv, write_markups_json)
-from LesionDetectorLib.inference.findings import Candidate, Findings
+from LesionDetectorLib.findings import Candidate, Findings
 
 REPO = Path(__file__).resolve().parents[2]
 SHA = "ab" * 32
@@ -182,7 +182,7 @@ def test_markups_round_trip_through_slicer_writer(tmp_path):
 # ----------------------------------------------------------------------------------- DICOM SR
 
 def _ct_series(tmp_path):
-    from LesionDetectorLib.export.ct_series import write_ct_series
+    from LesionDetectorLib.io.ct_series import write_ct_series
     from LesionDetectorLib.io import read_volume
     from LesionDetectorLib.volume import Volume
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LesionDetectorLib.data.luna16 import Luna16Dataset, read_annotation_csv
+from LesionDetectorLib.data.luna16_dataset import Luna16Dataset, read_annotation_csv
 from LesionDetectorLib.errors import EvaluationInputError, VolumeError
 
 HEADER = "seriesuid,coordX,coordY,coordZ,diameter_mm\n"

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from LesionDetectorLib.cli.main import main as cli_main
-from LesionDetectorLib.data.luna16 import Luna16Dataset
+from LesionDetectorLib.data.luna16_dataset import Luna16Dataset
 from LesionDetectorLib.data.synthetic import generate_scan, series_uid
 
 SEED, N = 11, 3
