@@ -79,5 +79,20 @@ def _extensions():
     return [ext], {"build_ext": BuildExt.with_options(no_python_abi_suffix=False)}
 
 
+def _license_metadata():
+    """Apache-2.0 in the form the running setuptools accepts.
+
+    setuptools >= 77 writes a PEP 639 ``License-Expression``; 68.2.2 and 70.0.0 (the
+    versions Slicer 5.6 and 5.8 bundle, which build the library with
+    ``--no-build-isolation``) reject the SPDX string in pyproject.toml and take the
+    classic ``license`` field instead.
+    """
+    import setuptools
+
+    major = int(setuptools.__version__.split(".")[0])
+    key = "license_expression" if major >= 77 else "license"
+    return {key: "Apache-2.0", "license_files": ["LICENSE"]}
+
+
 ext_modules, ext_cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass={"build_py": BuildPyWithResources, **ext_cmdclass})
+setup(**_license_metadata(), ext_modules=ext_modules, cmdclass={"build_py": BuildPyWithResources, **ext_cmdclass})
