@@ -20,7 +20,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .froc import CPM_FP_RATES, CurveEvents, Matching
+from .froc import CPM_FP_RATES, OFFICIAL, CurveEvents, Matching, check_rule
 
 #: FP/scan grid of the curve band: log-spaced, since the curve is drawn on a log axis.
 BAND_FP_RATES = np.geomspace(CPM_FP_RATES[0], CPM_FP_RATES[-1], 193)
@@ -68,8 +68,12 @@ def official_interval(samples: np.ndarray, confidence: float) -> Tuple[np.ndarra
 
 def bootstrap_froc(matching: Matching, n_draws: int = 1000, seed: Optional[int] = 0, confidence: float = 0.95,
                    fp_rates: Sequence[float] = CPM_FP_RATES, band_fps: np.ndarray = BAND_FP_RATES,
-                   chunk: int = 32) -> BootstrapResult:
-    """Resample scans ``n_draws`` times (seedable) and return CIs of sensitivities, CPM and curve."""
+                   chunk: int = 32, rule: str = OFFICIAL) -> BootstrapResult:
+    """Resample scans ``n_draws`` times (seedable) and return CIs of sensitivities, CPM and curve.
+
+    ``rule`` reads each draw's sensitivities as the point estimate does (:mod:`.froc`); the band
+    is read at ``band_fps`` themselves either way.
+    """
     if n_draws < 1:
         raise ValueError("n_draws must be >= 1")
     if not 0.0 < confidence < 1.0:
@@ -82,7 +86,11 @@ def bootstrap_froc(matching: Matching, n_draws: int = 1000, seed: Optional[int] 
     for start in range(0, n_draws, chunk):
         stop = min(start + chunk, n_draws)
         weights = draw_weights(rng, stop - start, matching.n_scans)
-        out[start:stop] = events.sensitivity_at(queries, weights)
+        if check_rule(rule) == OFFICIAL:
+            out[start:stop, :rates.shape[0]] = events.official_sensitivity_at(rates, weights)
+            out[start:stop, rates.shape[0]:] = events.official_sensitivity_at(band_fps, weights, snap=False)
+        else:
+            out[start:stop] = events.sensitivity_at(queries, weights)
 
     valid = np.isfinite(out).all(axis=1)
     good = out[valid]

@@ -1,5 +1,10 @@
-"""LUNA16 FROC/CPM: hand-worked cases of every official rule, plus a loop-by-loop reference
-of the official script (noduleCADEvaluationLUNA16.py) on random data."""
+"""LUNA16 FROC/CPM: hand-worked cases of every official rule, plus a line-by-line port of the
+official script (noduleCADEvaluationLUNA16.py: evaluateCAD, computeFROC with sklearn's
+roc_curve, the CPM readout on its 10001-point grid) compared on randomized data.
+
+The hand-worked curve cases read sensitivity at the rates themselves (``froc_rule="exact"``),
+where the arithmetic is easy to follow; the official grid reading is checked by hand once and
+against the port on 60 random cases."""
 import math
 
 import numpy as np
@@ -8,7 +13,8 @@ import pytest
 from LesionDetectorLib.errors import EvaluationInputError
 from LesionDetectorLib.evaluation import Annotation, Prediction, evaluate_luna16, match_candidates
 from LesionDetectorLib.evaluation.bootstrap import bootstrap_froc, draw_weights
-from LesionDetectorLib.evaluation.froc import CPM_FP_RATES, CurveEvents, cap_marks, interp_rows
+from LesionDetectorLib.evaluation.froc import (CPM_FP_RATES, OFFICIAL_FP_GRID, CurveEvents, cap_marks, interp_rows,
+                                               official_grid_rates)
 
 RATES = CPM_FP_RATES
 
@@ -39,7 +45,7 @@ HAND_SENS = {0.125: 2.5 / 4, 0.25: 0.75, 0.5: 0.75, 1.0: 0.75, 2.0: 0.75, 4.0: 0
 
 def test_hand_worked_froc_and_cpm():
     ann, excl, uids, preds = hand_case()
-    res = evaluate_luna16(ann, excl, uids, preds, bootstrap=0)
+    res = evaluate_luna16(ann, excl, uids, preds, bootstrap=0, froc_rule="exact")
     # 0.125 FP/scan = 1.5 FPs: halfway between (1,2) and the tie vertex (2,3) -> 2.5 TPs.
     # Splitting the tie FP-first would give 2.0, TP-first 3.0.
     assert res.sensitivities == pytest.approx(HAND_SENS)
@@ -54,7 +60,7 @@ def test_hand_worked_froc_and_cpm():
 
 def test_scans_without_marks_count_in_fp_rate():
     ann, excl, uids, preds = hand_case()
-    fewer = evaluate_luna16(ann, excl, uids[:6], preds, bootstrap=0)   # same marks, 6 scans
+    fewer = evaluate_luna16(ann, excl, uids[:6], preds, bootstrap=0, froc_rule="exact")   # same marks, 6 scans
     # 0.125 FP/scan * 6 = 0.75 FPs -> between (0,1) and (1,1): 1 TP; 0.25*6 = 1.5 -> 2.5 TPs.
     assert fewer.sensitivities[0.125] == pytest.approx(0.25)
     assert fewer.sensitivities[0.25] == pytest.approx(2.5 / 4)
@@ -62,11 +68,27 @@ def test_scans_without_marks_count_in_fp_rate():
 
 def test_rate_on_a_vertical_run_takes_its_top():
     ann, excl, _, preds = hand_case()
-    four = evaluate_luna16(ann, excl, ["scan00", "scan01", "scan02", "scan05"], preds, bootstrap=0)
+    four = evaluate_luna16(ann, excl, ["scan00", "scan01", "scan02", "scan05"], preds, bootstrap=0,
+                           froc_rule="exact")
     # 0.25 FP/scan = 1 FP, where the curve climbs from (1,1) to (1,2): np.interp gives the top.
     assert four.sensitivities[0.25] == pytest.approx(0.5)
     assert four.sensitivities[0.125] == pytest.approx(0.25)
     assert four.sensitivities[0.5] == pytest.approx(0.75)
+
+
+def test_official_rule_reads_the_nearest_grid_point():
+    ann, excl, uids, preds = hand_case()
+    g = official_grid_rates([0.125, 0.25, 4.0, 8.0])
+    assert g[0] == 0.125 and g[3] == 8.0 and g[1] == pytest.approx(0.2502125) and g[2] == pytest.approx(4.0002875)
+    assert set(g) <= set(OFFICIAL_FP_GRID)
+    official = evaluate_luna16(ann, excl, uids[:6], preds, bootstrap=0)
+    assert official.froc_rule == "official"
+    # 0.2502125 FP/scan * 6 = 1.50128 FPs, on the segment (1, 2) -> (2, 3): 2.50128 TPs of 4.
+    assert official.sensitivities[0.25] == pytest.approx((2 + (6 * g[1] - 1)) / 4, abs=1e-15)
+    assert official.sensitivities[0.25] != evaluate_luna16(ann, excl, uids[:6], preds, bootstrap=0,
+                                                           froc_rule="exact").sensitivities[0.25]
+    with pytest.raises(ValueError, match="FROC rule"):
+        evaluate_luna16(ann, excl, uids, preds, bootstrap=0, froc_rule="nearest")
 
 
 def test_excluded_default_radius_and_strict_boundary():
@@ -155,9 +177,154 @@ def test_interp_rows_matches_numpy_interp():
         np.testing.assert_allclose(got[b], np.interp(x, xp[b], fp[b]))
 
 
-# --- reference: the official script's loops, transcribed in plain Python -------------------
+# --- the official script, ported line by line (Python 3, no files) ------------------------
+# evaluateCAD's loops, computeFROC, sklearn's roc_curve (transcribed, so the port needs no
+# sklearn; test_roc_curve_port_matches_sklearn checks the transcription where sklearn exists)
+# and the CPM readout on the 10001-point grid, in the script's own order of operations.
 
-def reference_sensitivities(ann, excl, uids, preds, max_marks=100, rates=RATES):
+def roc_curve_port(y_true, y_score):
+    """sklearn.metrics.roc_curve(y_true, y_score) with drop_intermediate=True."""
+    y_true, y_score = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
+    desc = np.argsort(-y_score, kind="stable")  # stable descending, as xp.argsort(descending=True)
+    y_score, y_true = y_score[desc], y_true[desc]
+    distinct = np.nonzero(np.diff(y_score))[0]
+    threshold_idxs = np.r_[distinct, y_true.size - 1]
+    tps = np.cumsum(y_true, dtype=np.float64)[threshold_idxs]
+    fps = 1 + threshold_idxs.astype(np.float64) - tps
+    thresholds = y_score[threshold_idxs]
+    if fps.shape[0] > 2:
+        optimal = np.where(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])[0]
+        fps, tps, thresholds = fps[optimal], tps[optimal], thresholds[optimal]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    thresholds = np.r_[np.inf, thresholds]
+    fpr = np.full(fps.shape, np.nan) if fps[-1] <= 0 else fps / fps[-1]
+    tpr = np.full(tps.shape, np.nan) if tps[-1] <= 0 else tps / tps[-1]
+    return fpr, tpr, thresholds
+
+
+def computeFROC(FROCGTList, FROCProbList, totalNumberOfImages, excludeList):
+    FROCGTList_local = []
+    FROCProbList_local = []
+    for i in range(len(excludeList)):
+        if excludeList[i] == False:  # noqa: E712 (the script's spelling)
+            FROCGTList_local.append(FROCGTList[i])
+            FROCProbList_local.append(FROCProbList[i])
+    numberOfDetectedLesions = sum(FROCGTList_local)
+    totalNumberOfLesions = sum(FROCGTList)
+    totalNumberOfCandidates = len(FROCProbList_local)
+    fpr, tpr, thresholds = roc_curve_port(FROCGTList_local, FROCProbList_local)
+    if sum(FROCGTList) == len(FROCGTList):
+        fps = np.zeros(len(fpr))
+    else:
+        fps = fpr * (totalNumberOfCandidates - numberOfDetectedLesions) / totalNumberOfImages
+    sens = (tpr * numberOfDetectedLesions) / totalNumberOfLesions
+    return fps, sens, thresholds
+
+
+def official_cpm(ann, excl, uids, preds, maxNumberOfCADMarks=100):
+    """evaluateCAD + the CPM readout. Returns (the 7 sensitivities, CPM); NaN where the script
+    gives NaN (no detected nodule)."""
+    allNodules = {}
+    for seriesuid in uids:   # collectNoduleAnnotations: included first, then excluded
+        nodules = [dict(coordX=a[1], coordY=a[2], coordZ=a[3], diameter_mm=a[4], state="Included")
+                   for a in ann if a[0] == seriesuid]
+        nodules += [dict(coordX=a[1], coordY=a[2], coordZ=a[3], diameter_mm=a[4], state="Excluded")
+                    for a in excl if a[0] == seriesuid]
+        allNodules[seriesuid] = nodules
+    allCandsCAD = {}
+    for seriesuid in uids:
+        nodules = {}
+        i = 0
+        for result in preds:
+            if seriesuid == result[0]:
+                nodules[i] = dict(coordX=result[1], coordY=result[2], coordZ=result[3], CADprobability=result[4])
+                i += 1
+        if maxNumberOfCADMarks > 0:
+            if len(nodules.keys()) > maxNumberOfCADMarks:
+                probs = []
+                for keytemp, noduletemp in nodules.items():
+                    probs.append(float(noduletemp["CADprobability"]))
+                probs.sort(reverse=True)
+                probThreshold = probs[maxNumberOfCADMarks]
+                nodules2 = {}
+                nrNodules2 = 0
+                for keytemp, noduletemp in nodules.items():
+                    if nrNodules2 >= maxNumberOfCADMarks:
+                        break
+                    if float(noduletemp["CADprobability"]) > probThreshold:
+                        nodules2[keytemp] = noduletemp
+                        nrNodules2 += 1
+                nodules = nodules2
+        allCandsCAD[seriesuid] = nodules
+
+    minProbValue = -1000000000.0
+    FROCGTList, FROCProbList, FPDivisorList, excludeList = [], [], [], []
+    for seriesuid in uids:
+        candidates = allCandsCAD.get(seriesuid, {})
+        candidates2 = candidates.copy()
+        noduleAnnots = allNodules.get(seriesuid, [])
+        for noduleAnnot in noduleAnnots:
+            x, y, z = float(noduleAnnot["coordX"]), float(noduleAnnot["coordY"]), float(noduleAnnot["coordZ"])
+            diameter = float(noduleAnnot["diameter_mm"])
+            if diameter < 0.0:
+                diameter = 10.0
+            radiusSquared = pow((diameter / 2.0), 2.0)
+            found = False
+            noduleMatches = []
+            for key, candidate in candidates.items():
+                x2, y2, z2 = float(candidate["coordX"]), float(candidate["coordY"]), float(candidate["coordZ"])
+                dist = math.pow(x - x2, 2.) + math.pow(y - y2, 2.) + math.pow(z - z2, 2.)
+                if dist < radiusSquared:
+                    if noduleAnnot["state"] == "Included":
+                        found = True
+                        noduleMatches.append(candidate)
+                        if key in candidates2.keys():
+                            del candidates2[key]
+                    elif noduleAnnot["state"] == "Excluded":
+                        if key in candidates2.keys():
+                            del candidates2[key]
+            if noduleAnnot["state"] == "Included":
+                if found:
+                    maxProb = None
+                    for idx in range(len(noduleMatches)):
+                        candidate = noduleMatches[idx]
+                        if (maxProb is None) or (float(candidate["CADprobability"]) > maxProb):
+                            maxProb = float(candidate["CADprobability"])
+                    FROCGTList.append(1.0)
+                    FROCProbList.append(float(maxProb))
+                    FPDivisorList.append(seriesuid)
+                    excludeList.append(False)
+                else:
+                    FROCGTList.append(1.0)
+                    FROCProbList.append(minProbValue)
+                    FPDivisorList.append(seriesuid)
+                    excludeList.append(True)
+        for key, candidate3 in candidates2.items():
+            FROCGTList.append(0.0)
+            FROCProbList.append(float(candidate3["CADprobability"]))
+            FPDivisorList.append(seriesuid)
+            excludeList.append(False)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fps, sens, thresholds = computeFROC(FROCGTList, FROCProbList, len(uids), excludeList)
+    FROC_minX, FROC_maxX = 0.125, 8
+    fps_itp = np.linspace(FROC_minX, FROC_maxX, num=10001)
+    sens_itp = np.interp(fps_itp, fps, sens)
+    # The readout of the script's CPM-printing copies (DeepLung): one grid point per rate.
+    points = []
+    nxth = 0.125
+    for fp, ss in zip(fps_itp, sens_itp):
+        if abs(fp - nxth) < 3e-4:
+            points.append(ss)
+            nxth *= 2
+        if abs(nxth - 16) < 1e-5:
+            break
+    assert len(points) == 7
+    return np.array(points), sum(points) / 7
+
+
+def exact_reference_sensitivities(ann, excl, uids, preds, max_marks=100, rates=RATES):
+    """The same matching by plain loops, sensitivities read at the rates themselves."""
     gt, prob, excluded = [], [], []
     for uid in uids:
         marks = [p for p in preds if p[0] == uid]
@@ -190,10 +357,14 @@ def reference_sensitivities(ann, excl, uids, preds, max_marks=100, rates=RATES):
     return np.interp(rates, fps, tps)
 
 
-def random_case(rng, n_scans=25, marks_per_scan=(0, 14), max_marks_hint=10):
+def random_case(rng, n_scans=25, marks_per_scan=(0, 14), max_marks_hint=10, crowded=0, on_excluded=False):
+    """Nodules with 0-2 nearby marks (duplicate hits), excluded findings (some of size -1),
+    background marks with probabilities rounded to 2 digits (ties), and ``crowded`` scans with
+    95-130 marks at 0.01 steps, so the 100-mark cap bites and cuts through ties; with
+    ``on_excluded`` a mark lands within 2 mm of every other excluded finding."""
     uids = [f"u{i}" for i in range(n_scans)]
     ann, excl, preds = [], [], []
-    for uid in uids:
+    for s, uid in enumerate(uids):
         for _ in range(rng.integers(0, 3)):
             c = rng.uniform(-30, 30, 3)
             ann.append((uid, *c, float(rng.uniform(3, 20))))
@@ -201,21 +372,70 @@ def random_case(rng, n_scans=25, marks_per_scan=(0, 14), max_marks_hint=10):
                 preds.append((uid, *(c + rng.normal(0, 3, 3)), float(np.round(rng.uniform(), 2))))
         for _ in range(rng.integers(0, 2)):
             excl.append((uid, *rng.uniform(-30, 30, 3), float(rng.choice([-1.0, 4.0]))))
-        for _ in range(rng.integers(*marks_per_scan)):
+            if on_excluded and rng.uniform() < 0.5:
+                preds.append((uid, *(np.array(excl[-1][1:4]) + rng.uniform(-1.1, 1.1, 3)),
+                              float(np.round(rng.uniform(), 2))))
+        n_marks = rng.integers(95, 131) if s < crowded else rng.integers(*marks_per_scan)
+        for _ in range(n_marks):
             preds.append((uid, *rng.uniform(-30, 30, 3), float(np.round(rng.uniform(), 2))))  # rounded: ties
     return ann, excl, uids, preds
 
 
+def official_case(seed):
+    rng = np.random.default_rng(1000 + seed)
+    ann, excl, uids, preds = random_case(rng, n_scans=int(rng.integers(3, 40)), crowded=int(rng.integers(0, 3)),
+                                         on_excluded=True)
+    if not ann:
+        ann.append((uids[0], 0.0, 0.0, 0.0, 5.0))
+    return ann, excl, uids, preds
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_cpm_equals_the_official_script(seed):
+    ann, excl, uids, preds = official_case(seed)
+    res = evaluate_luna16(ann, excl, uids, preds, bootstrap=0)
+    want_sens, want_cpm = official_cpm(ann, excl, uids, preds)
+    # Documented deviation: no detected nodule is 0 here, NaN in the script.
+    want_sens, want_cpm = np.nan_to_num(want_sens), float(np.nan_to_num(want_cpm))
+    np.testing.assert_allclose(list(res.sensitivities.values()), want_sens, rtol=0, atol=1e-12)
+    assert abs(res.cpm - want_cpm) <= 1e-9
+
+
+def test_official_cases_exercise_cap_ties_duplicates_and_exclusions():
+    cap = ties_at_cut = dup = ignored = 0
+    for seed in range(60):
+        ann, excl, uids, preds = official_case(seed)
+        m = evaluate_luna16(ann, excl, uids, preds, bootstrap=0).matching.counts
+        dup += m["duplicate_hits"] > 0
+        ignored += m["ignored_on_excluded"] > 0
+        for uid in uids:
+            probs = sorted((p[4] for p in preds if p[0] == uid), reverse=True)
+            if len(probs) > 100:
+                cap += 1
+                ties_at_cut += probs[99] == probs[100]
+    assert cap >= 20 and ties_at_cut >= 10 and dup >= 30 and ignored >= 30
+
+
+def test_roc_curve_port_matches_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        y = rng.integers(0, 2, 60).astype(float)
+        score = np.round(rng.uniform(size=60), 1)
+        for got, want in zip(roc_curve_port(y, score), metrics.roc_curve(y, score)):
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("seed", range(6))
-def test_matches_reference_of_official_script(seed):
+def test_exact_rule_matches_the_loops(seed):
     rng = np.random.default_rng(seed)
     ann, excl, uids, preds = random_case(rng)
     if not ann:
         ann.append((uids[0], 0.0, 0.0, 0.0, 5.0))
     max_marks = 8 if seed % 2 else 100
-    res = evaluate_luna16(ann, excl, uids, preds, bootstrap=0, max_marks=max_marks)
+    res = evaluate_luna16(ann, excl, uids, preds, bootstrap=0, max_marks=max_marks, froc_rule="exact")
     np.testing.assert_allclose(list(res.sensitivities.values()),
-                               reference_sensitivities(ann, excl, uids, preds, max_marks), atol=1e-12)
+                               exact_reference_sensitivities(ann, excl, uids, preds, max_marks), atol=1e-12)
 
 
 def test_bootstrap_weights_equal_duplicated_scans():
@@ -226,6 +446,7 @@ def test_bootstrap_weights_equal_duplicated_scans():
                                 [Prediction(*p) for p in preds])
     weights = draw_weights(np.random.default_rng(5), 4, len(uids))
     got = CurveEvents(matching).sensitivity_at(RATES, weights)
+    official = CurveEvents(matching).official_sensitivity_at(RATES, weights)
     for b in range(4):
         dup_uids, dup_ann, dup_excl, dup_preds = [], [], [], []
         for s, uid in enumerate(uids):
@@ -240,8 +461,10 @@ def test_bootstrap_weights_equal_duplicated_scans():
         if sum(1 for a in dup_ann) == 0:
             assert np.isnan(got[b]).all()
             continue
-        np.testing.assert_allclose(got[b], reference_sensitivities(dup_ann, dup_excl, dup_uids, dup_preds),
+        np.testing.assert_allclose(got[b], exact_reference_sensitivities(dup_ann, dup_excl, dup_uids, dup_preds),
                                    atol=1e-12)
+        np.testing.assert_allclose(official[b], np.nan_to_num(official_cpm(dup_ann, dup_excl, dup_uids, dup_preds)[0]),
+                                   rtol=0, atol=1e-12)
 
 
 def test_bootstrap_is_seeded_and_brackets_the_estimate():
