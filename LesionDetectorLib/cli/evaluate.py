@@ -81,6 +81,9 @@ def register(subparsers) -> None:
                    help="sensitivity whose threshold defines the TNP (0.95)")
     p.add_argument("--max-marks", type=int, default=100,
                    help="marks kept per scan, highest probability first; <= 0 keeps all (100, as the challenge)")
+    p.add_argument("--froc-rule", default="official", choices=("official", "exact"),
+                   help="how sensitivity is read at 1/8 ... 8 FP/scan: official (the challenge script's "
+                        "10001-point grid, nearest point; default) or exact (at the rates themselves)")
     p.set_defaults(func=run)
 
 
@@ -295,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
         inputs["predictions"] = str(args.predictions)
     result = evaluate_luna16(annotations, excluded, seriesuids, predictions, max_marks=args.max_marks,
                              bootstrap=args.bootstrap, seed=args.seed, confidence=args.confidence,
-                             tnp_sensitivity=args.tnp_sensitivity)
+                             tnp_sensitivity=args.tnp_sensitivity,
+                             froc_rule=getattr(args, "froc_rule", "official"))
     written = write_report(result, args.out, inputs)
     if summary is not None and summary["no_lungs"]:
         print(f"{len(summary['no_lungs'])} scan(s) without lungs found got no marks: "

@@ -35,7 +35,7 @@ def report_dict(result, inputs: Optional[Dict[str, str]] = None) -> Dict[str, An
     ci = result.ci
     out: Dict[str, Any] = {
         "schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION, "library_version": __version__,
-        "cpm": result.cpm,
+        "cpm": result.cpm, "froc_rule": result.froc_rule,
         "sensitivities": {_rate_key(r): s for r, s in result.sensitivities.items()},
         "n_scans": result.n_scans, "n_nodules": result.n_nodules, "max_marks_per_scan": result.max_marks,
         "counts": dict(result.matching.counts),

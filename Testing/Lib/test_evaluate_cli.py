@@ -31,7 +31,7 @@ def argv(paths, out, *extra):
 def test_evaluate_writes_every_output(tmp_path, capsys):
     paths = write(tmp_path)
     out = tmp_path / "out"
-    assert main(argv(paths, out, "--bootstrap", "50", "--seed", "3")) == 0
+    assert main(argv(paths, out, "--bootstrap", "50", "--seed", "3", "--froc-rule", "exact")) == 0
     for name in ("report.json", "report.md", "froc.png", "tnp.png", "operating_points.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -41,7 +41,7 @@ def test_evaluate_writes_every_output(tmp_path, capsys):
     # 1/8 and 1/4 FP/scan = 0.5 and 1 FP -> 1 TP; 1/2 = 2 FPs -> top of the run at 2 -> 2 TPs.
     expected = [1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3]
     assert report["sensitivities"] == pytest.approx(dict(zip(["0.125", "0.25", "0.5", "1", "2", "4", "8"], expected)))
-    assert report["cpm"] == pytest.approx(sum(expected) / 7)
+    assert report["cpm"] == pytest.approx(sum(expected) / 7) and report["froc_rule"] == "exact"
     assert report["counts"]["ignored_on_excluded"] == 1
     assert report["bootstrap"]["draws"] == 50 and report["bootstrap"]["seed"] == 3
     assert report["tnp"]["n_negative"] == 2       # s3 (a mark at .4) and s4 (no mark)
