@@ -23,3 +23,7 @@ class CancelledError(LesionDetectorError):
 
 class EvaluationInputError(LesionDetectorError, ValueError):
     """An annotation / prediction file for evaluation is malformed; the message names file and line."""
+
+
+class OutputFolderError(LesionDetectorError):
+    """The output folder cannot hold results (a file, read-only, not creatable); checked before any work."""

@@ -14,6 +14,7 @@ from typing import List
 
 import numpy as np
 
+from ..batch import BatchOptions, BatchRunner, EventSink, ScanInput, check_output_folder, parse_formats, sr_available
 from . import detect as detect_cli
 
 DEFAULT_OUT = "lesion-detector-demo"
@@ -24,7 +25,8 @@ def register(subparsers) -> None:
         "demo", help="run the bundled model on a generated synthetic CT and write every export",
         description="Generate a small synthetic chest CT with known nodules, detect, export (Slicer markups, "
                     "LUNA16 CSV, findings JSON, DICOM SR) and compare the findings with the truth.")
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default ./{DEFAULT_OUT})")
+    p.add_argument("--out", type=detect_cli.output_folder, default=Path(DEFAULT_OUT),
+                   help=f"output folder (default ./{DEFAULT_OUT})")
     p.add_argument("--model", default="luna16-synthetic", help="bundled model name or model directory")
     p.add_argument("--seed", type=int, default=2, help="seed of the synthetic scan (default 2: three nodules)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -58,19 +60,22 @@ def run(args) -> int:
     from ..data.synthetic import generate_scan
     from ..io.ct_series import write_ct_series
 
-    out: Path = args.out
-    sink = detect_cli.EventSink(args.progress)
-    detector = detect_cli._load_detector(argparse.Namespace(model=args.model, device=args.device, batch_size=None))
+    out: Path = check_output_folder(args.out)
+    sink = EventSink(args.progress)
+    runner = BatchRunner(out, BatchOptions(formats=parse_formats("auto"), overwrite=True), sink=sink,
+                         detector_factory=lambda: detect_cli._load_detector(
+                             argparse.Namespace(model=args.model, device=args.device, batch_size=None)))
+    runner.load_detector()
     sink.message(f"generating synthetic CT (seed {args.seed}) ...")
     scan = generate_scan(args.seed, 0, size=args.size)
     series_dir = out / f"synthetic_ct_seed{args.seed}_{args.size}_dicom"
     if not series_dir.exists():
         write_ct_series(scan.to_volume(), series_dir, series_uid=scan.series_uid,
                         series_description=f"LesionDetector synthetic CT seed {args.seed}")
-    detect_args = argparse.Namespace(series_uid=None, operating_point="sensitivity_0.95", min_score=None,
-                                     max_candidates=100)
-    findings, written = detect_cli.detect_one(detector, series_dir, out / "results", detect_args,
-                                              detect_cli.parse_formats("auto"), sink)
+    result = runner.detect(ScanInput.from_path(series_dir), out / "results")
+    findings, written = result.findings, result.written
+    for text in result.warnings:
+        sink.warning(text)
     sink.close_bar()
     truth = scan.annotations
     lines = [findings.summary_table(), "", f"Truth ({len(truth)} LUNA16-rule nodules, "
@@ -81,7 +86,7 @@ def run(args) -> int:
     lines += [f"  {hits}/{len(truth)} nodules hit by {len(findings)} candidates", "",
               f"CT (DICOM series, open it in Slicer): {series_dir}"]
     lines += [f"{fmt:>9}: {path}" for fmt, path in written.items()]
-    if not detect_cli.sr_available():
+    if not sr_available():
         lines.append("       sr: not written (install the 'dicom' extra: pip install 'lesion-detector[dicom]')")
     sink.message("\n".join(lines))
     return 0

@@ -31,6 +31,7 @@ TAGS = {
 }
 _SOP_INSTANCE_UID = "0008|0018"
 _IMAGE_POSITION = "0020|0032"
+_IMAGE_ORIENTATION = "0020|0037"
 # Relative variation of the slice-to-slice distance above which slices are called missing.
 _SPACING_TOLERANCE = 0.1
 
@@ -78,6 +79,10 @@ def list_dicom_series(folder: str) -> List[SeriesInfo]:
 
 def _choose_series(folder: str, series_uid: Optional[str]) -> str:
     series = list_dicom_series(folder)
+    if not series and _count_dicom_files(folder):
+        raise VolumeError(f"The folder '{folder}' holds {_count_dicom_files(folder)} DICOM file(s) but no image: "
+                          "none has pixel data (no PixelData element; e.g. a report, a presentation state or "
+                          "a header-only export). Select the folder that holds the CT series' image files.")
     if not series:
         raise VolumeError(f"No DICOM images were found in the folder '{folder}' (subfolders are not searched). "
                           "Select the folder that holds the CT series' files.")
@@ -87,9 +92,29 @@ def _choose_series(folder: str, series_uid: Optional[str]) -> str:
             raise VolumeError(f"The series {series_uid} is not in '{folder}'. Series found: {listing}.")
         return series_uid
     if len(series) > 1:
-        raise VolumeError(f"The folder '{folder}' holds {len(series)} DICOM series; choose one with series_uid=. "
+        raise VolumeError(f"The folder '{folder}' holds {len(series)} DICOM series; choose one with --series-uid "
+                          "(series_uid= in Python). "
                           f"Series found: {listing}.")
     return series[0].series_uid
+
+
+def _count_dicom_files(folder: str) -> int:
+    """Regular files directly in ``folder`` that carry the DICOM Part 10 'DICM' marker."""
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if not entry.is_file():
+                continue
+            with open(entry.path, "rb") as fh:
+                fh.seek(128)
+                n += fh.read(4) == b"DICM"
+        except OSError:
+            continue
+    return n
 
 
 def _check_slice_positions(positions: np.ndarray, normal: np.ndarray, source: str) -> None:
@@ -125,6 +150,10 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None, allow_non_c
     check_modality(_tag(first, TAGS["Modality"]), allow_non_ct, source)
     size = first.GetSize()
     frames = size[2] if len(size) == 3 else 1
+    if frames == 1 and not _tag(first, _IMAGE_ORIENTATION):
+        # GDCM would assume an axial identity orientation: positions in the patient would be invented.
+        raise VolumeError(f"{source} has no ImageOrientationPatient, so the orientation of its slices in the "
+                          "patient is unknown; it cannot be read with trustworthy geometry.")
     check_dimensions((len(files) * frames, size[1], size[0]), first.GetNumberOfComponents(), source)
 
     reader = sitk.ImageSeriesReader()
@@ -142,10 +171,19 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None, allow_non_c
     positions = []
     for i in range(len(files)):
         text = _tag(reader, _IMAGE_POSITION, i)
-        if text:
-            positions.append([float(v) for v in text.split("\\")])
-    if len(positions) == len(files) and len(files) > 1:
-        _check_slice_positions(np.asarray(positions), direction[:, 2], source)
+        try:
+            positions.append([float(v) for v in text.split("\\")] if text else None)
+        except ValueError:
+            positions.append(None)
+    if frames == 1:
+        missing = [os.path.basename(f) for f, p in zip(files, positions) if p is None or len(p) != 3]
+        if missing:
+            # Without it GDCM makes up the origin and the slice spacing (1 mm) and gaps go unnoticed.
+            raise VolumeError(f"{source}: {len(missing)} of {len(files)} slices have no (readable) "
+                              f"ImagePositionPatient (first: {missing[0]}), so the slice positions, spacing and "
+                              "completeness of the series are unknown.")
+    if frames == 1 and len(files) > 1:
+        _check_slice_positions(np.asarray(positions, dtype=np.float64), direction[:, 2], source)
     check_geometry(image.GetSpacing(), direction, image.GetOrigin(), source)
 
     metadata = {"source": os.path.abspath(folder), "format": "dicom"}

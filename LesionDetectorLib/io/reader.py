@@ -9,25 +9,20 @@ MetaImage data) run *before* pixel data is read, so a bad or huge file fails fas
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Optional
 
-import numpy as np
 import SimpleITK as sitk
 
 from ..errors import VolumeError
 from ..volume import Volume
 from .dicom import TAGS, read_dicom_series
-from .validate import check_dimensions, check_geometry, validate_volume
+from .metaimage import check_metaimage
+from .validate import check_dimensions, check_geometry, check_resampled_size, validate_volume
 
 SUPPORTED_FORMATS = "a DICOM series folder, .mhd/.raw, .mha, .nrrd, .nii or .nii.gz"
 
 _FORMAT_BY_SUFFIX = {".mhd": "mhd", ".mha": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd",
                      ".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom"}
-
-_METAIMAGE_ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-                            "MET_UINT": 4, "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8,
-                            "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
-
 
 def file_format(path: str) -> str:
     """Format name from the file name (``"mhd"``, ``"nifti"``...), ``""`` when unknown."""
@@ -36,53 +31,6 @@ def file_format(path: str) -> str:
         if lower.endswith(suffix):
             return _FORMAT_BY_SUFFIX[suffix]
     return ""
-
-
-def _metaimage_header(path: str) -> Dict[str, str]:
-    """Key/value pairs of a MetaImage header, and the byte offset where LOCAL data starts."""
-    fields: Dict[str, str] = {}
-    offset = 0
-    with open(path, "rb") as f:
-        for raw_line in f:
-            offset += len(raw_line)
-            key, sep, value = raw_line.decode("latin-1").partition("=")
-            if not sep:
-                continue
-            fields[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                break
-    fields["_data_offset"] = str(offset)
-    return fields
-
-
-def _check_metaimage_data(path: str, source: str) -> None:
-    """A MetaImage whose pixel data is missing or shorter than its header says is refused by name.
-
-    (SimpleITK reports a truncated .raw as "No such file or directory", which misleads users.)
-    """
-    try:
-        h = _metaimage_header(path)
-        dims = [int(v) for v in h["DimSize"].split()]
-        element = _METAIMAGE_ELEMENT_BYTES[h["ElementType"]]
-        channels = int(h.get("ElementNumberOfChannels", "1"))
-        data_file = h["ElementDataFile"]
-    except (KeyError, ValueError, OSError):
-        return  # unusual header: let SimpleITK judge it
-    if h.get("CompressedData", "False").lower() == "true" or data_file.split()[0] in ("LIST",) or "%" in data_file:
-        return
-    expected = int(np.prod(dims, dtype=np.int64)) * element * channels
-    if data_file == "LOCAL":
-        available = os.path.getsize(path) - int(h["_data_offset"])
-        data_path = path
-    else:
-        data_path = data_file if os.path.isabs(data_file) else os.path.join(os.path.dirname(path), data_file)
-        if not os.path.isfile(data_path):
-            raise VolumeError(f"{source}: its pixel data file '{data_path}' is missing "
-                              "(copy the .raw file that belongs next to the .mhd header).")
-        available = os.path.getsize(data_path)
-    if available < expected:
-        raise VolumeError(f"{source}: the pixel data in '{data_path}' is truncated ({available:,} of {expected:,} "
-                          "bytes); the file was not copied or downloaded completely.")
 
 
 def _is_dicom_file(path: str) -> bool:
@@ -94,6 +42,9 @@ def _is_dicom_file(path: str) -> bool:
 
 def _read_image_file(path: str, allow_non_ct: bool) -> Volume:
     source = f"The file '{path}'"
+    fmt = file_format(path)
+    if fmt in ("mhd", "mha"):
+        check_metaimage(path, source)  # before ITK, which trusts a lying header
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     reader.LoadPrivateTagsOff()
@@ -110,9 +61,7 @@ def _read_image_file(path: str, allow_non_ct: bool) -> Volume:
     size = reader.GetSize()
     check_dimensions(tuple(reversed(size)), reader.GetNumberOfComponents(), source)
     check_geometry(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin(), source)
-    fmt = file_format(path)
-    if fmt in ("mhd", "mha"):
-        _check_metaimage_data(path, source)
+    check_resampled_size(tuple(reversed(size)), reader.GetSpacing(), source)
     reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         image = reader.Execute()
@@ -143,7 +92,13 @@ def read_volume(path, series_uid: Optional[str] = None, allow_non_ct: bool = Fal
     """
     path = os.fspath(path)
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise VolumeError(f"The path '{path}' is a broken symbolic link or a link loop.")
         raise VolumeError(f"The path '{path}' does not exist.")
+    if not os.path.isdir(path) and not os.path.isfile(path):
+        # A FIFO or device would block the reader forever or yield endless bytes.
+        raise VolumeError(f"The path '{path}' is not a regular file or folder (a FIFO, device or socket); "
+                          "it was not opened.")
     if os.path.isdir(path):
         volume = read_dicom_series(path, series_uid, allow_non_ct)
     else:

@@ -79,7 +79,7 @@ def test_missing_raw(tmp_path):
 def test_several_series_without_choice(tmp_path, write_dicom_series):
     uid_a, _ = write_dicom_series(tmp_path, _ct(), prefix="A")
     uid_b, _ = write_dicom_series(tmp_path, _ct(), prefix="B")
-    with pytest.raises(VolumeError, match="holds 2 DICOM series; choose one with series_uid") as info:
+    with pytest.raises(VolumeError, match="holds 2 DICOM series; choose one with --series-uid") as info:
         read_volume(tmp_path)
     assert uid_a in str(info.value) and uid_b in str(info.value)
     with pytest.raises(VolumeError, match="is not in"):

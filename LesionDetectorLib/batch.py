@@ -1,0 +1,698 @@
+"""Batch detection: many scans -> one all-or-nothing result folder per scan, resumable.
+
+:class:`BatchRunner` owns what ``lesion-detector detect`` and ``demo`` do per scan:
+
+* **inputs** (:func:`expand_inputs`): files, DICOM series folders, folders searched for
+  both. Only regular files are opened (a FIFO would block a reader forever); FIFOs,
+  devices, sockets and symbolic-link loops are skipped with a message, and the batch goes on.
+* **identity** (:class:`ScanInput`): a scan is its resolved source path plus the chosen
+  series UID, never its file stem, so ``a/scan.mhd`` and ``b/scan.mhd`` get different
+  folders (``scan`` and ``scan-<hash>``) and different LUNA16 seriesuids in the submission.
+  ``findings.json`` records it (``volume.input_id`` and ``volume.input_stamp``: size and
+  mtime), so a rerun skips a scan only when the same, unchanged input already has results.
+* **all-or-nothing folders**: every file of a scan is written into a hidden sibling
+  ``<out>/.<name>.partial-*`` folder that is renamed into place as a whole; any failure
+  (an exporter's exception, a full disk, Ctrl-C) removes it, so ``<out>/<name>/`` either
+  holds every result of the scan or does not exist.
+* **optional exports**: a DICOM SR that cannot be written is a ``warning``; the other
+  results still land.
+* **events** (:class:`EventSink`): the jsonl progress protocol of ``docs/architecture.md``.
+* **post-detection steps**: :meth:`BatchRunner.analyse` is the one place where steps that
+  run on ``(volume, findings)`` after detection and before export are called (``post_detection``).
+
+Checks that need no model (output folder, inputs, scan headers, geometry) run before the
+model is loaded, so bad input is refused fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import CancelledError, LesionDetectorError, OutputFolderError
+
+log = logging.getLogger("lesion-detector.batch")
+
+FORMATS = ("mrk.json", "csv", "json", "sr")
+SCAN_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr", ".nii.gz", ".nii")
+FILES = {"json": "findings.json", "mrk.json": "findings.mrk.json", "csv": "luna16.csv", "sr": "findings_sr.dcm"}
+SUBMISSION = "luna16_submission.csv"
+_PARTIAL = ".partial-"
+_HASH_CHARS = 8
+
+PostDetectionStep = Callable[[Any, Any], None]  # (volume, findings) -> None, may edit findings in place
+
+
+# ------------------------------------------------------------------------------ event output
+class EventSink:
+    """Where progress, log lines, warnings and per-scan results go: a tqdm bar, JSON lines or nothing.
+
+    ``mode``: ``"bar"`` (tqdm on stderr, human lines on ``stream``), ``"jsonl"`` (the event
+    protocol on ``stream``) or ``"none"`` (human lines only).
+    """
+
+    def __init__(self, mode: str = "none", stream=None) -> None:
+        self.mode = mode
+        self.stream = stream or sys.stdout
+        self._bar = None
+        self._stage = None
+
+    def emit(self, event: Dict[str, Any]) -> None:
+        if self.mode == "jsonl":
+            self.stream.write(json.dumps(event) + "\n")
+            self.stream.flush()
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.emit({"event": "progress", "stage": stage, "done": done, "total": total})
+        if self.mode != "bar":
+            return
+        from tqdm import tqdm
+
+        if stage != self._stage or self._bar is None:
+            self.close_bar()
+            self._stage = stage
+            self._bar = tqdm(total=total, desc=f"{stage:>11}", unit="tile" if stage == "model" else "step",
+                             file=sys.stderr, leave=False, dynamic_ncols=True)
+        self._bar.n = done
+        self._bar.refresh()
+
+    def close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            self._stage = None
+
+    def message(self, text: str) -> None:
+        """A human line: a log event in jsonl mode (stdout is the protocol), else ``stream``."""
+        self.close_bar()
+        if self.mode == "jsonl":
+            self.emit({"event": "log", "message": text})
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def warning(self, text: str) -> None:
+        """Something the user should know that did not fail the scan (a skipped export or input)."""
+        self.close_bar()
+        if self.mode == "jsonl":
+            self.emit({"event": "warning", "message": text})
+        else:
+            print(f"warning: {text}", file=self.stream, flush=True)
+
+
+class JsonlLogHandler(logging.Handler):
+    """Library log records (e.g. the out-of-memory fallback) become ``log`` events."""
+
+    def __init__(self, sink: EventSink) -> None:
+        super().__init__(level=logging.INFO)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.emit({"event": "log", "message": f"{record.levelname.lower()}: {record.getMessage()}"})
+
+
+# ---------------------------------------------------------------------------------- inputs
+def scan_name(path: Path) -> str:
+    """The readable part of a scan's folder name: the file name without its scan suffix."""
+    name = Path(path).name
+    for suffix in SCAN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
+def _kind(path: str) -> Tuple[str, Optional[os.stat_result]]:
+    """``"file"``, ``"dir"``, ``"missing"``, ``"loop"``, ``"unreadable"`` or ``"special"`` (FIFO, device, socket)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ("loop" if os.path.islink(path) and _is_link_loop(path) else "missing"), None
+    except OSError as exc:
+        import errno
+
+        if exc.errno == errno.ELOOP:
+            return "loop", None
+        return "unreadable", None
+    if stat.S_ISREG(st.st_mode):
+        return "file", st
+    if stat.S_ISDIR(st.st_mode):
+        return "dir", st
+    return "special", st
+
+
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.path.realpath(path, strict=True)
+    except OSError as exc:
+        import errno
+
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def _special_name(st: Optional[os.stat_result]) -> str:
+    if st is None:
+        return "special file"
+    if stat.S_ISFIFO(st.st_mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "device"
+    if stat.S_ISSOCK(st.st_mode):
+        return "socket"
+    return "special file"
+
+
+def _describe_unusable(raw: str, kind: str, st: Optional[os.stat_result]) -> str:
+    if kind == "missing":
+        return f"the path '{raw}' does not exist"
+    if kind == "loop":
+        return f"'{raw}' is a symbolic link loop (it points back to itself)"
+    if kind == "unreadable":
+        return f"'{raw}' cannot be accessed (permission denied or I/O error)"
+    return f"'{raw}' is a {_special_name(st)}, not a regular file or folder; it was not opened"
+
+
+def _has_dicom(folder: str) -> bool:
+    """A regular file named ``*.dcm`` or carrying the DICOM Part 10 'DICM' marker directly in ``folder``."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    for entry in entries:
+        if _kind(entry.path)[0] != "file":
+            continue
+        if entry.name.lower().endswith(".dcm"):
+            return True
+        try:
+            with open(entry.path, "rb") as fh:
+                fh.seek(128)
+                if fh.read(4) == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def expand_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]], List[str]]:
+    """``(scans, problems, skipped)`` for the command-line inputs.
+
+    A regular file is a scan; a folder holding DICOM files is one series; any other folder
+    is searched (recursively, following symbolic links once) for scan files and DICOM series
+    folders. ``problems``: ``(input, message)`` for inputs that are unusable themselves
+    (missing, a FIFO, a device, a link loop...): they fail the run. ``skipped``: messages about
+    entries inside searched folders that were passed over (special files, link loops).
+    """
+    scans: List[Path] = []
+    problems: List[Tuple[str, str]] = []
+    skipped: List[str] = []
+    for raw in paths:
+        kind, st = _kind(raw)
+        if kind == "file":
+            scans.append(Path(raw))
+        elif kind == "dir":
+            if _has_dicom(raw):
+                scans.append(Path(raw))
+                continue
+            found = _search_folder(Path(raw), skipped)
+            if not found:
+                problems.append((raw, f"the folder '{raw}' holds no DICOM series and no scan files "
+                                      f"({', '.join(SCAN_SUFFIXES)})"))
+            scans.extend(found)
+        else:
+            problems.append((raw, _describe_unusable(raw, kind, st)))
+    return scans, problems, skipped
+
+
+def _search_folder(top: Path, skipped: List[str]) -> List[Path]:
+    found: List[Path] = []
+    seen = set()
+    for root, dirs, files in os.walk(top, followlinks=True):
+        root_path = Path(root)
+        try:
+            st = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a symbolic link back to a folder already searched
+            skipped.append(f"'{root}' links back to a folder already searched (a link loop); skipped")
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        if root_path != top and _has_dicom(root):
+            found.append(root_path)
+            dirs[:] = []
+            continue
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            kind, fst = _kind(path)
+            if kind == "file":
+                if name.lower().endswith(SCAN_SUFFIXES):
+                    found.append(root_path / name)
+            elif kind == "dir":
+                continue
+            elif kind != "missing" or os.path.islink(path):
+                skipped.append(_describe_unusable(path, kind, fst) + "; skipped")
+    return found
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    """One scan of a batch: where it is, who it is, and how its result folder is named.
+
+    ``input_id``: hash of the resolved source path and the chosen series UID (which scan);
+    ``stamp``: size and modification time of the file (or of a series folder's files), so a
+    changed input is redone.
+    """
+
+    path: Path
+    source: str
+    input_id: str
+    stamp: str
+    stem: str
+
+    @classmethod
+    def from_path(cls, path, series_uid: Optional[str] = None) -> "ScanInput":
+        path = Path(path)
+        resolved = os.path.realpath(path)
+        input_id = hashlib.sha256(f"{resolved}\0{series_uid or ''}".encode("utf-8", "surrogateescape")
+                                  ).hexdigest()[:16]
+        return cls(path, resolved, input_id, _stamp(resolved), scan_name(Path(resolved) if path.name in
+                                                                           ("", ".", "..") else path))
+
+    @property
+    def suffixed_name(self) -> str:
+        return f"{self.stem}-{self.input_id[:_HASH_CHARS]}"
+
+
+def _stamp(resolved: str) -> str:
+    h = hashlib.sha256()
+    try:
+        if os.path.isdir(resolved):
+            for entry in sorted(os.scandir(resolved), key=lambda e: e.name):
+                if entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        else:
+            st = os.stat(resolved)
+            h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+    except OSError:
+        pass
+    return h.hexdigest()[:16]
+
+
+def _recorded_identity(folder: Path) -> Optional[Dict[str, Any]]:
+    """``{"input_id", "input_stamp", "source"}`` of a finished result folder, None when it has none."""
+    try:
+        doc = json.loads((folder / FILES["json"]).read_text(encoding="utf-8"))
+        vol = doc["volume"]
+        return {"input_id": vol.get("input_id"), "input_stamp": vol.get("input_stamp"), "source": vol.get("source")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _belongs_to(folder: Path, scan: ScanInput) -> Optional[bool]:
+    """True: ``folder`` holds results of ``scan``; False: of another scan; None: no such folder."""
+    if not folder.exists():
+        return None
+    rec = _recorded_identity(folder)
+    if rec is None:
+        return False
+    if rec["input_id"]:
+        return rec["input_id"] == scan.input_id
+    # Results written before input ids existed: the same source path is the same scan.
+    return bool(rec["source"]) and os.path.realpath(str(rec["source"])) == scan.source
+
+
+def assign_folders(scans: Sequence[ScanInput], out: Path) -> List[str]:
+    """Result folder names: the readable stem, ``<stem>-<hash>`` where the stem is taken.
+
+    The stem is taken when an earlier scan of this batch has it, or ``<out>/<stem>`` holds
+    another scan's results. A scan keeps the folder it already has from an earlier run.
+    """
+    claimed: set = set()
+    names = []
+    for scan in scans:
+        plain, suffixed = scan.stem, scan.suffixed_name
+        if plain not in claimed and _belongs_to(out / plain, scan):
+            name = plain
+        elif suffixed not in claimed and _belongs_to(out / suffixed, scan):
+            name = suffixed
+        elif plain not in claimed and _belongs_to(out / plain, scan) is None:
+            name = plain
+        else:
+            name = suffixed
+        if name in claimed:  # the same input given twice
+            names.append(name)
+            continue
+        claimed.add(name)
+        names.append(name)
+    return names
+
+
+# -------------------------------------------------------------------------- output folder
+def check_output_folder(out: Path) -> Path:
+    """Create ``out`` if needed and prove it is a writable folder before any work.
+
+    Raises :class:`OutputFolderError` naming the cause (a file, read-only, immutable, no space...).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"the output folder '{out}' is a file, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputFolderError(f"the output folder '{out}' cannot be created: a part of its path is a file")
+    except OSError as exc:
+        raise OutputFolderError(f"the output folder '{out}' cannot be created: {exc.strerror or exc}") from exc
+    try:
+        probe = tempfile.mkdtemp(prefix=".write-test-", dir=out)
+        with open(os.path.join(probe, "probe"), "wb") as fh:
+            fh.write(b"ok")
+        shutil.rmtree(probe)
+    except OSError as exc:
+        raise OutputFolderError(f"the output folder '{out}' is not writable ({exc.strerror or exc}); "
+                                "choose another --out or fix its permissions") from exc
+    return out
+
+
+def _commit_folder(staging: Path, dest: Path) -> None:
+    """Move the complete ``staging`` folder to ``dest``, replacing an older result folder as a whole."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(dest, old)
+    try:
+        os.rename(staging, dest)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------- exports
+def sr_available() -> bool:
+    """The DICOM SR export needs the optional ``dicom`` extra (highdicom + pydicom)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("highdicom", "pydicom"))
+
+
+def parse_formats(text: str) -> List[str]:
+    """``auto`` = every format, the DICOM SR only when highdicom is installed; an explicit ``sr``
+    without highdicom is refused up front rather than failing after detection."""
+    if text.strip().lower() == "auto":
+        return [f for f in FORMATS if f != "sr" or sr_available()]
+    formats = [f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"unknown --format {', '.join(bad) or text!r}; choose from auto, {', '.join(FORMATS)}")
+    if "sr" in formats and not sr_available():
+        raise ValueError("the DICOM SR export needs highdicom and pydicom: pip install 'lesion-detector[dicom]'")
+    return formats
+
+
+def write_exports(findings, volume, scan_dir: Path, formats: Iterable[str],
+                  series_uid: Optional[str] = None) -> Tuple[Dict[str, Path], List[str]]:
+    """Write the asked formats into ``scan_dir``, ``findings.json`` last.
+
+    The DICOM SR is optional: it is written only for DICOM input, and when it cannot be
+    written that is returned as a warning instead of failing the scan. Returns
+    ``({format: path}, warnings)``.
+    """
+    from .export import write_dicom_sr, write_findings_json, write_luna16_csv, write_markups_json
+
+    formats = set(formats)
+    scan_dir.mkdir(parents=True, exist_ok=True)
+    written: Dict[str, Path] = {}
+    warnings: List[str] = []
+    if "mrk.json" in formats:
+        written["mrk.json"] = write_markups_json(findings, scan_dir / FILES["mrk.json"])
+    if "csv" in formats:
+        uid = findings.series_uid or series_uid or scan_dir.name
+        written["csv"] = write_luna16_csv([findings], scan_dir / FILES["csv"], series_uids=[uid])
+    if "sr" in formats:
+        files = volume.metadata.get("dicom_files") if volume is not None else None
+        if files:
+            try:
+                written["sr"] = write_dicom_sr(findings, scan_dir / FILES["sr"], files)
+            except CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the SR is optional; the other results still land
+                log.debug("DICOM SR failed", exc_info=True)
+                (scan_dir / FILES["sr"]).unlink(missing_ok=True)
+                warnings.append(f"the DICOM SR was not written: {exc}")
+        else:
+            log.info("DICOM SR skipped: the input is not a DICOM series")
+    written["json"] = write_findings_json(findings, scan_dir / FILES["json"])
+    return written, warnings
+
+
+def _finished_folders(out: Path) -> List[Path]:
+    return sorted(p.parent for p in out.glob(f"*/{FILES['json']}") if not p.parent.name.startswith("."))
+
+
+def submission_uids(out: Path) -> List[Tuple[Path, Any, str]]:
+    """``(folder, findings, seriesuid)`` for every finished scan of ``out``.
+
+    A scan's seriesuid is its series UID (DICOM SeriesInstanceUID or LUNA16 file name) or
+    else its folder name. When several folders carry the same one (``a/scan.mhd`` and
+    ``b/scan.mhd``), the first folder in name order keeps it and the others are named by
+    their folder, so no two scans share a seriesuid.
+    """
+    from .export import read_findings_json
+
+    rows = []
+    used: set = set()
+    for folder in _finished_folders(out):
+        findings = read_findings_json(folder / FILES["json"])
+        uid = findings.series_uid or folder.name
+        if uid in used:
+            uid = folder.name
+        used.add(uid)
+        rows.append((folder, findings, uid))
+    return rows
+
+
+def write_submission(out: Path) -> Optional[Path]:
+    """``luna16_submission.csv`` over every finished scan folder in ``out``."""
+    from .export import write_luna16_csv
+
+    rows = submission_uids(out)
+    if not rows:
+        return None
+    return write_luna16_csv([f for _, f, _ in rows], out / SUBMISSION, series_uids=[u for _, _, u in rows])
+
+
+# ----------------------------------------------------------------------------- the runner
+@dataclass
+class BatchOptions:
+    """What to do with each scan (the library side of ``detect``'s options)."""
+
+    formats: Sequence[str] = ("mrk.json", "csv", "json")
+    overwrite: bool = False
+    series_uid: Optional[str] = None
+    lung_mask: Optional[Path] = None
+    operating_point: str = "sensitivity_0.95"
+    min_score: Optional[float] = None
+    max_candidates: Optional[int] = 100
+    allow_non_ct: bool = False
+
+
+@dataclass
+class ScanResult:
+    scan: ScanInput
+    folder: Path
+    findings: Any = None
+    written: Dict[str, Path] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+
+
+class BatchRunner:
+    """Run detection over scans into ``out``: one all-or-nothing folder per scan, resumable.
+
+    ``detector_factory()`` returns a :class:`~LesionDetectorLib.inference.Detector`; it is called
+    once, when the first scan has been read and passed every check, so bad input never waits
+    for (or loads) the model. ``post_detection``: steps ``step(volume, findings)`` run by
+    :meth:`analyse` after detection, before export.
+    """
+
+    def __init__(self, out, options: BatchOptions, detector_factory: Callable[[], Any],
+                 sink: Optional[EventSink] = None, post_detection: Sequence[PostDetectionStep] = (),
+                 cancel=None) -> None:
+        self.out = Path(out)
+        self.options = options
+        self._detector_factory = detector_factory
+        self.detector = None
+        self.sink = sink or EventSink("none")
+        self.post_detection = list(post_detection)
+        self.cancel = cancel
+        self._lung_mask = None
+
+    # -- steps
+    def load_detector(self):
+        if self.detector is None:
+            self.detector = self._detector_factory()
+            card = getattr(self.detector, "card", None) or {}
+            self.sink.message(f"model {card.get('name')} {card.get('version')} on "
+                              f"{getattr(self.detector, 'device', '?')} -> {self.out}")
+        return self.detector
+
+    def read(self, scan: ScanInput):
+        from .io import read_volume
+        from .io.validate import check_detectable
+
+        volume = read_volume(scan.path, series_uid=self.options.series_uid, allow_non_ct=self.options.allow_non_ct)
+        check_detectable(volume)
+        return volume
+
+    def analyse(self, volume, findings) -> None:
+        """The one place where post-detection steps run (characterisation of findings...)."""
+        for step in self.post_detection:
+            step(volume, findings)
+
+    def detect(self, scan: ScanInput, folder: Path, volume=None, read_s: float = 0.0) -> ScanResult:
+        """Read (unless ``volume`` is given, read in ``read_s`` seconds), detect, analyse and export one
+        scan into ``folder``, all or nothing."""
+        opts = self.options
+        if volume is None:
+            t0 = time.perf_counter()
+            self.sink.progress("read", 0, 1)
+            volume = self.read(scan)
+            read_s = time.perf_counter() - t0
+        detector = self.load_detector()
+        findings = detector(volume, progress=self.sink.progress, cancel=self.cancel, lung_mask=self._lung_mask,
+                            operating_point=opts.operating_point, min_score=opts.min_score,
+                            max_candidates=opts.max_candidates)
+        findings.timings_s["read"] = round(read_s, 4)
+        findings.timings_s["total"] = round(findings.timings_s["total"] + read_s, 4)
+        self.analyse(volume, findings)
+        findings.volume["input_id"] = scan.input_id
+        findings.volume["input_stamp"] = scan.stamp
+        result = ScanResult(scan, folder, findings)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_PARTIAL}", dir=folder.parent))
+        try:
+            written, result.warnings = write_exports(findings, volume, staging, opts.formats,
+                                                     series_uid=opts.series_uid)
+            _fsync_dir(staging)
+            _commit_folder(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        result.written = {fmt: folder / path.name for fmt, path in written.items()}
+        return result
+
+    # -- the batch
+    def _failed(self, scan: ScanInput, exc: Exception) -> Tuple[str, str, int]:
+        """Report a failed scan; bad input (exit 2) or, for anything unexpected, an internal error (exit 1)."""
+        if isinstance(exc, (LesionDetectorError, ValueError, OSError)):
+            self.sink.message(f"{scan.path}: FAILED: {exc}")
+            self.sink.emit({"event": "error", "message": f"{scan.path}: {exc}", "exit_code": 2})
+            return str(scan.path), str(exc), 2
+        log.debug("internal error on %s", scan.path, exc_info=exc)
+        self.sink.message(f"{scan.path}: FAILED (internal error): {type(exc).__name__}: {exc}")
+        self.sink.emit({"event": "error", "message": f"{scan.path}: internal error: {exc}", "exit_code": 1})
+        return str(scan.path), f"internal error: {type(exc).__name__}: {exc}", 1
+
+    def plan(self, scans: Sequence[Path]) -> List[Tuple[ScanInput, Path, bool]]:
+        """``(scan, folder, done)`` per scan; ``done`` when unchanged results exist (and no overwrite)."""
+        inputs = [ScanInput.from_path(s, self.options.series_uid) for s in scans]
+        names = assign_folders(inputs, self.out)
+        plan = []
+        seen = set()
+        for scan, name in zip(inputs, names):
+            if (scan.input_id, name) in seen:
+                continue  # the same input listed twice
+            seen.add((scan.input_id, name))
+            folder = self.out / name
+            rec = _recorded_identity(folder) if _belongs_to(folder, scan) else None
+            done = rec is not None and not self.options.overwrite and rec.get("input_stamp") in (None, scan.stamp)
+            if rec is not None and not done and not self.options.overwrite:
+                self.sink.message(f"{scan.path}: changed since its results in {folder} were written; redoing it")
+            plan.append((scan, folder, done))
+        return plan
+
+    def run(self, inputs: Sequence[str]) -> int:
+        """Process every input; returns the exit code (0 ok, 2 some input failed on bad input, 1 internal)."""
+        opts = self.options
+        check_output_folder(self.out)
+        scans, problems, skipped = expand_inputs(inputs)
+        if (opts.series_uid or opts.lung_mask) and len(scans) + len(problems) > 1:
+            raise ValueError("--series-uid and --lung-mask apply to a single input scan")
+        if opts.lung_mask is not None:
+            from .io import read_volume
+
+            self._lung_mask = read_volume(opts.lung_mask, allow_non_ct=True)
+        for text in skipped:
+            self.sink.warning(text)
+        failures: List[Tuple[str, str, int]] = [(p, msg, 2) for p, msg in problems]
+        for raw, msg in problems:
+            self.sink.emit({"event": "error", "message": f"{raw}: {msg}", "exit_code": 2})
+        todo = []
+        for scan, folder, done in self.plan(scans):
+            if done:
+                self.sink.message(f"{scan.path}: already done ({folder / FILES['json']}); --overwrite to redo")
+                self.sink.emit({"event": "done", "findings": str(folder / FILES["json"]), "skipped": True})
+            else:
+                todo.append((scan, folder))
+        for i, (scan, folder) in enumerate(todo, start=1):
+            self.sink.message(f"[{i}/{len(todo)}] {scan.path}")
+            try:
+                t0 = time.perf_counter()
+                self.sink.progress("read", 0, 1)
+                volume = self.read(scan)
+                read_s = time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001 - one bad scan never ends the batch
+                failures.append(self._failed(scan, exc))
+                continue
+            self.load_detector()  # a model that cannot be loaded ends the whole run (exit 2)
+            try:
+                result = self.detect(scan, folder, volume, read_s)
+            except CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - report, keep going with the other scans
+                failures.append(self._failed(scan, exc))
+                continue
+            self.sink.close_bar()
+            self.sink.message(result.findings.summary_table())
+            for text in result.warnings:
+                self.sink.warning(f"{scan.path}: {text}")
+            if "csv" in opts.formats:
+                # Refreshed after every scan so it is complete even if a later scan is interrupted.
+                try:
+                    result.written["submission"] = write_submission(self.out)
+                except (LesionDetectorError, ValueError, OSError) as exc:
+                    self.sink.warning(f"{SUBMISSION} was not refreshed: {exc}")
+            self.sink.message("written: " + ", ".join(str(p) for p in result.written.values() if p))
+            self.sink.emit({"event": "done", "findings": str(result.written["json"])})
+        if failures:
+            lines = [f"{len(failures)} input(s) failed:"] + [f"  {p}: {m}" for p, m, _ in failures]
+            self.sink.message("\n".join(lines))
+            print("\n".join(lines), file=sys.stderr)
+            return 1 if any(code == 1 for _, _, code in failures) else 2
+        return 0
