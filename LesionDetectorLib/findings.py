@@ -6,7 +6,9 @@ Every exporter reads this object; its dictionary form is the findings JSON docum
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from typing import Any, Dict, List, Mapping, Optional
 
 SCHEMA_NAME = "lesion-detector/findings"
@@ -37,6 +39,12 @@ class Candidate:
         self.center_lps = [float(v) for v in self.center_lps]
         if len(self.center_lps) != 3:
             raise ValueError("center_lps must have 3 coordinates (x, y, z LPS mm)")
+        # NaN / infinity would make the findings JSON invalid and point Slicer nowhere.
+        numbers = {"center_lps": self.center_lps, "diameter_mm": [self.diameter_mm], "score": [self.score],
+                   "score_rpn": [self.score_rpn], "score_fprn": [self.score_fprn]}
+        for name, values in numbers.items():
+            if not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise ValueError(f"candidate {self.id}: {name} must be finite numbers, got {values}")
 
 
 @dataclass

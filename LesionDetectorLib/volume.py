@@ -19,6 +19,20 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 
+def _vector(values, n: int, name: str, meaning: str) -> np.ndarray:
+    """``values`` as ``n`` float64 numbers, or a VolumeError naming what was wrong."""
+    from .errors import VolumeError
+
+    try:
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise VolumeError(f"The image {name} {values!r} is not numbers; it must be {n} numbers, {meaning}.") from None
+    if v.size != n:
+        raise VolumeError(f"The image {name} has {v.size} values {tuple(v.tolist())}; it must be {n} numbers, "
+                          f"{meaning}.")
+    return v
+
+
 @dataclass
 class Volume:
     array: np.ndarray                      # [z, y, x] float32 HU
@@ -47,10 +61,19 @@ class Volume:
         ``direction`` may be a 3x3 matrix or ITK's flat 9-tuple (row-major); identity by default.
         Geometry and values are validated (see :func:`LesionDetectorLib.io.validate.validate_volume`).
         """
+        from .errors import VolumeError
         from .io.validate import validate_volume  # local: io imports this module
 
-        d = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64).reshape(3, 3)
-        vol = cls(np.asarray(array, dtype=np.float32), np.asarray(spacing), np.asarray(origin), d, dict(metadata or {}))
+        values = np.asarray(array)
+        if values.dtype.kind not in "biuf":
+            raise VolumeError(f"The image has {values.dtype} values; a CT volume needs real numbers (HU), "
+                              "not complex numbers, text or Python objects.")
+        spacing = _vector(spacing, 3, "spacing", "(sx, sy, sz) in mm")
+        origin = _vector(origin, 3, "origin", "(x, y, z) in LPS mm")
+        d = np.eye(3) if direction is None else _vector(direction, 9, "direction", "a 3x3 matrix").reshape(3, 3)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise VolumeError(f"metadata must be a dict, got {type(metadata).__name__}")
+        vol = cls(values.astype(np.float32, copy=False), spacing, origin, d, dict(metadata or {}))
         validate_volume(vol, allow_non_ct=True)
         return vol
 

@@ -46,6 +46,25 @@ def read_source_headers(files: Sequence[PathLike]):
     return [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
 
 
+# Type 2 patient / study attributes the SR copies from its evidence: the standard lets them be
+# empty, and many anonymised or research series lack them, so absent ones are written empty.
+_TYPE2_FROM_EVIDENCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                        "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def _with_type2_attributes(datasets: Sequence) -> List:
+    """The evidence headers with every missing Type 2 attribute present and empty (copies are not needed:
+    these are headers read for the SR, not written back)."""
+    for ds in datasets:
+        for keyword in _TYPE2_FROM_EVIDENCE:
+            if keyword not in ds or ds.get(keyword) is None:
+                setattr(ds, keyword, "")
+        if not getattr(ds, "StudyInstanceUID", None):
+            raise ValueError("the source series has no StudyInstanceUID (a required DICOM attribute), so a DICOM "
+                             "SR cannot reference its study")
+    return list(datasets)
+
+
 def _code(value: str, meaning: str):
     from highdicom.sr import CodedConcept
 
@@ -66,6 +85,7 @@ def build_sr(findings: Findings, source_datasets: Sequence, series_number: int =
 
     if not source_datasets:
         raise ValueError("the DICOM SR export needs the source DICOM series")
+    source_datasets = _with_type2_attributes(source_datasets)
     first = source_datasets[0]
     frame_uid = getattr(first, "FrameOfReferenceUID", None) or findings.volume.get("frame_of_reference_uid")
     if not frame_uid:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 from numbers import Real
 from pathlib import Path
 from typing import Any, List, Mapping
@@ -18,11 +19,12 @@ FLAG_STATES = ("positive", "likely negative", "unavailable")
 
 
 def _number_or_none(v: Any) -> bool:
-    return v is None or (isinstance(v, Real) and not isinstance(v, bool))
+    return v is None or _is_number(v)
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool)
+    """A finite number: NaN and infinity are not JSON (``json`` would write bare ``NaN``)."""
+    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def validate_findings_dict(doc: Mapping[str, Any]) -> List[str]:
@@ -110,13 +112,22 @@ def write_findings_json(findings: Findings, path: PathLike) -> Path:
     problems = validate_findings_dict(doc)
     if problems:
         raise ValueError("findings do not match schema v1.0: " + "; ".join(problems))
-    return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    try:
+        text = json.dumps(doc, indent=2, allow_nan=False)
+    except ValueError as exc:  # NaN / infinity in an extra field
+        raise ValueError(f"findings hold a NaN or infinite number, which JSON cannot store: {exc}") from exc
+    return atomic_write_text(path, text + "\n")
 
 
 def read_findings_json(path: PathLike) -> Findings:
     """Read and validate a findings JSON file."""
+    def refuse_constant(name: str):
+        raise ValueError(f"{path}: not valid JSON ({name} is not a JSON number)")
+
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a findings file (not UTF-8 text: {exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     problems = validate_findings_dict(doc)

@@ -2,18 +2,17 @@
 
 Coordinates are world LPS mm, as in LUNA16's ``annotations.csv`` (ITK world). The
 challenge's evaluation script reads columns by header name, so the trailing ``review``
-column carries the reader's decision without breaking it.
+column carries the reader's decision without breaking it. Columns and the writer are those of
+:mod:`LesionDetectorLib.luna16_format`.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from ..atomic import PathLike
 from ..findings import Findings
-from .atomic import PathLike, atomic_open
-
-HEADER = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "review"]
+from ..luna16_format import SUBMISSION_COLUMNS, write_csv
 
 
 def luna16_rows(findings: Findings, series_uid: Optional[str] = None) -> List[List[str]]:
@@ -32,9 +31,6 @@ def write_luna16_csv(findings_list: Iterable[Findings], path: PathLike,
     uids = list(series_uids) if series_uids is not None else [None] * len(items)
     if len(uids) != len(items):
         raise ValueError("series_uids must have one entry per findings")
-    with atomic_open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(HEADER)
-        for f, uid in zip(items, uids):
-            writer.writerows(luna16_rows(f, uid))
-    return Path(path)
+    # Rows are built before the file opens, so a findings without a UID leaves no file behind.
+    rows = [row for f, uid in zip(items, uids) for row in luna16_rows(f, uid)]
+    return write_csv(path, SUBMISSION_COLUMNS, rows)

@@ -84,4 +84,8 @@ def markups_document(findings: Findings) -> Dict[str, Any]:
 
 def write_markups_json(findings: Findings, path: PathLike) -> Path:
     """Write the candidates as a Slicer point list (atomically). Returns the path."""
-    return atomic_write_text(path, json.dumps(markups_document(findings), indent=4) + "\n")
+    try:
+        text = json.dumps(markups_document(findings), indent=4, allow_nan=False)
+    except ValueError as exc:  # bare NaN / Infinity would make the file unreadable as JSON
+        raise ValueError(f"the markups hold a NaN or infinite number, which JSON cannot store: {exc}") from exc
+    return atomic_write_text(path, text + "\n")

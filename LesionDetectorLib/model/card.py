@@ -76,12 +76,24 @@ def read_card(directory: Union[str, Path]) -> Dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"model card {path} not found")
     try:
-        card = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"model card {path} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ModelError(f"model card {path} is not a JSON object (it holds {type(card).__name__} "
+                         f"{json.dumps(card)[:40]}); the card is corrupt")
     for key in ("config", "sha256"):
         if key not in card:
             raise ModelError(f"model card {path} has no '{key}' field")
+    if not isinstance(card["config"], dict):
+        raise ModelError(f"model card {path}: 'config' must be an object, not {type(card['config']).__name__}")
+    if not isinstance(card["sha256"], str):
+        raise ModelError(f"model card {path}: 'sha256' must be a hex string, not {type(card['sha256']).__name__}")
+    for key in ("operating_points", "training_data", "preprocessing"):
+        if card.get(key) is not None and not isinstance(card[key], dict):
+            raise ModelError(f"model card {path}: '{key}' must be an object, not {type(card[key]).__name__}")
+    if not isinstance(card.get("weights_file", WEIGHTS_FILE), str):
+        raise ModelError(f"model card {path}: 'weights_file' must be a file name")
     return card
 
 
@@ -107,9 +119,13 @@ def load_pretrained(directory: Union[str, Path], device: Union[str, torch.device
                          f"!= {str(card['sha256'])[:12]}...): the file is corrupt or was replaced")
     try:
         config = ModelConfig.from_dict(card["config"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ModelError(f"model card {directory / CARD_FILE} has an invalid config: {exc}") from exc
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:  # wrong-typed config fields
+        raise ModelError(f"model card {directory / CARD_FILE} has an invalid config ({exc}); the model "
+                         "cannot be built from it") from exc
     try:
         state = load(blob)
         model.load_state_dict(state, strict=True)
