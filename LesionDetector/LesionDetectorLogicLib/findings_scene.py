@@ -6,20 +6,27 @@ candidates, both placed in the subject hierarchy under the volume's study. The
 full findings JSON, the patient flag and the model identity are node attributes, so a
 saved scene restores everything and exports can be produced later.
 
-Review state lives in each control point's description (``"... | review: accepted"``)
-because the description is the per-point field that ``.mrk.json`` files keep; the
-table's "Review" column mirrors it. Control point ``i`` is candidate ``i`` of the stored
-findings (both in rank order), so nothing depends on control point IDs, which Slicer assigns.
+Review state lives in each control point's description because the description is
+the per-point field that ``.mrk.json`` files keep; the table's "Review" column mirrors
+it. The description format, its parser and the meaning of ``selected`` are the
+library's (``LesionDetectorLib.export.markups``), so a file written by
+``lesion-detector detect`` and one exported here read the same way, and
+:func:`adopt_markups_node` turns a loaded ``.mrk.json`` back into a reviewable run.
 
-Colour: candidates whose score reaches the run's operating-point threshold are drawn
-in the display node's *selected* colour (red), the others in its normal colour (yellow),
-so the eye finds the candidates that set the patient flag first.
+Candidates are matched to control points by the point IDs recorded when the run was
+added (``ATTR_POINT_IDS``), never by position in the list, so a point a user adds
+cannot shift the reviews. The node also has a fixed number of control points and is
+locked, and adding it does not make it Slicer's active point list (the markups module
+logic would otherwise send the user's next placed point into the findings).
+
+Colour: the display node's *selected* colour (red) marks the findings at the run's
+operating point after review (accepted, or unreviewed and above the threshold); the
+others are drawn in its normal colour (yellow).
 """
 from __future__ import annotations
 
 import copy
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -40,6 +47,7 @@ ATTR_MODEL_NAME = "LesionDetector.ModelName"
 ATTR_MODEL_VERSION = "LesionDetector.ModelVersion"
 ATTR_MODEL_SHA256 = "LesionDetector.ModelSHA256"
 ATTR_OP_BACKEND = "LesionDetector.OpBackend"
+ATTR_POINT_IDS = "LesionDetector.ControlPointIDs"  # JSON list: control point ID of candidate i
 REF_TABLE = "LesionDetectorTable"
 REF_VOLUME = "LesionDetectorVolume"
 
@@ -47,7 +55,6 @@ ABOVE_THRESHOLD_COLOR = (1.0, 0.2, 0.2)
 BELOW_THRESHOLD_COLOR = (1.0, 0.85, 0.1)
 
 TABLE_COLUMNS = ("Rank", "ID", "Score", "Diameter (mm)", "Location RAS (mm)", "RPN", "FPRN", "Review")
-_REVIEW_RE = re.compile(r"\|\s*review:\s*(\w+)\s*$")
 
 
 @dataclass
@@ -80,13 +87,18 @@ def _ranked(candidates: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return sorted(candidates, key=lambda c: (c.get("rank", 10 ** 9), -float(c["score"])))
 
 
+def _mapping():
+    """The library's findings <-> markups mapping (imported on use: the module file loads
+    in Slicer before the library is installed)."""
+    from LesionDetectorLib.export import markups
+
+    return markups
+
+
 def describe(candidate: Dict[str, Any], review: str) -> str:
-    """The control point description: every number the reviewer needs, then the review state."""
-    parts = [f"score {float(candidate['score']):.3f}"]
-    if candidate.get("score_rpn") is not None and candidate.get("score_fprn") is not None:
-        parts[0] += f" (RPN {float(candidate['score_rpn']):.3f}, FPRN {float(candidate['score_fprn']):.3f})"
-    parts.append(f"diameter {float(candidate['diameter_mm']):.1f} mm")
-    return " | ".join(parts) + f" | review: {review}"
+    """The control point description (the library's format): every number the reviewer needs,
+    then the review state."""
+    return _mapping().control_point_description(candidate, review)
 
 
 def label(candidate: Dict[str, Any], rank: int) -> str:
@@ -110,11 +122,14 @@ def create_result_nodes(scene, volume_node, findings: Dict[str, Any]) -> ResultN
     flag = findings.get("patient_flag") or {}
     threshold = flag.get("threshold")
     base = volume_node.GetName() if volume_node is not None else "volume"
+    mapping = _mapping()
     added = []
+    active = _ActivePlaceList(scene)
     try:
         markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
                                           scene.GenerateUniqueName(f"{base} lesion candidates"))
         added.append(markups)
+        active.restore()
         markups.CreateDefaultDisplayNodes()
         display = markups.GetDisplayNode()
         if display is not None:
@@ -131,8 +146,13 @@ def create_result_nodes(scene, volume_node, findings: Dict[str, Any]) -> ResultN
                 i = markups.AddControlPoint(vtk.vtkVector3d(*ras), label(cand, rank))
                 markups.SetNthControlPointDescription(i, describe(cand, cand.get("review", "unreviewed")))
                 markups.SetNthControlPointLocked(i, True)
-                above = threshold is not None and float(cand["score"]) >= float(threshold)
-                markups.SetNthControlPointSelected(i, above)
+                markups.SetNthControlPointSelected(
+                    i, mapping.is_selected(cand.get("review", "unreviewed"), cand["score"], threshold))
+        point_ids = [markups.GetNthControlPointID(i) for i in range(markups.GetNumberOfControlPoints())]
+        markups.SetAttribute(ATTR_POINT_IDS, json.dumps(point_ids))
+        # Points are the run's candidates: none added or removed by clicks, none moved.
+        markups.SetFixedNumberOfControlPoints(True)
+        markups.SetLocked(True)
         _fill_table(table, markups, candidates)
 
         stored = copy.deepcopy(findings)
@@ -238,22 +258,65 @@ def _place_in_subject_hierarchy(scene, volume_node, nodes) -> int:
     return parent
 
 
+class _ActivePlaceList:
+    """Remembers which point list Slicer places new points into, to put it back.
+
+    The markups module logic makes every markups node added to the scene the active list
+    (``vtkSlicerMarkupsLogic`` on NodeAddedEvent); the findings must not become it.
+    """
+
+    def __init__(self, scene):
+        self.selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+        self.node_id = self.selection.GetActivePlaceNodeID() if self.selection is not None else None
+        self.class_name = self.selection.GetActivePlaceNodeClassName() if self.selection is not None else None
+
+    def restore(self) -> None:
+        if self.selection is None:
+            return
+        if self.class_name:
+            self.selection.SetActivePlaceNodeClassName(self.class_name)
+        self.selection.SetActivePlaceNodeID(self.node_id)
+
+
+def _point_ids(markups) -> List[str]:
+    text = markups.GetAttribute(ATTR_POINT_IDS)
+    if text:
+        return [str(v) for v in json.loads(text)]
+    # a run added before point IDs were recorded: points are the candidates in order
+    return [markups.GetNthControlPointID(i) for i in range(markups.GetNumberOfControlPoints())]
+
+
+def _point_index(markups, index: int) -> int:
+    """Control point index of candidate ``index`` (rank - 1); -1 when its point is gone."""
+    ids = _point_ids(markups)
+    if not 0 <= index < len(ids):
+        raise IndexError(f"no candidate {index} (the run has {len(ids)})")
+    return markups.GetNthControlPointIndexByID(ids[index])
+
+
 def review_of(markups, index: int) -> str:
-    """Review state of control point ``index`` (from its description)."""
-    match = _REVIEW_RE.search(markups.GetNthControlPointDescription(index) or "")
-    state = match.group(1) if match else "unreviewed"
-    return state if state in REVIEW_STATES else "unreviewed"
+    """Review state of candidate ``index`` (rank - 1), from its control point's description."""
+    i = _point_index(markups, index)
+    if i < 0:
+        return "unreviewed"
+    return _mapping().review_from_description(markups.GetNthControlPointDescription(i))
 
 
 def set_review(markups, index: int, state: str) -> None:
     """Record the reviewer's decision on control point ``index`` in the markups and its table."""
     if state not in REVIEW_STATES:
         raise ValueError(f"review state must be one of {REVIEW_STATES}, got {state!r}")
-    if not 0 <= index < markups.GetNumberOfControlPoints():
-        raise IndexError(f"no candidate {index} (the run has {markups.GetNumberOfControlPoints()})")
-    text = markups.GetNthControlPointDescription(index) or ""
-    text = _REVIEW_RE.sub("", text).rstrip(" |")
-    markups.SetNthControlPointDescription(index, f"{text} | review: {state}" if text else f"review: {state}")
+    mapping = _mapping()
+    i = _point_index(markups, index)
+    if i < 0:
+        raise IndexError(f"the control point of candidate {index + 1} was deleted")
+    markups.SetNthControlPointDescription(i, mapping.with_review(markups.GetNthControlPointDescription(i), state))
+    findings = json.loads(markups.GetAttribute(ATTR_FINDINGS) or "{}")
+    cands = findings.get("candidates") or []
+    if index < len(cands):
+        thr = markups.GetAttribute(ATTR_FLAG_THRESHOLD)
+        markups.SetNthControlPointSelected(
+            i, mapping.is_selected(state, cands[index]["score"], float(thr) if thr else None))
     table = markups.GetNodeReference(REF_TABLE)
     if table is not None and index < table.GetNumberOfRows():
         was_locked = table.GetLocked()
@@ -270,13 +333,42 @@ def findings_with_review(markups) -> Dict[str, Any]:
     if not text:
         raise ValueError(f"'{markups.GetName()}' holds no Lesion Detector findings")
     findings = json.loads(text)
-    n = markups.GetNumberOfControlPoints()
-    if n != len(findings["candidates"]):
-        raise ValueError(f"'{markups.GetName()}' has {n} points but its run found {len(findings['candidates'])} "
-                         "candidates; points were added or deleted, so reviews cannot be matched")
+    # Matched by point ID: points a user placed in this list are not candidates, and a
+    # candidate whose point was deleted keeps no decision.
     for i, cand in enumerate(findings["candidates"]):
         cand["review"] = review_of(markups, i)
     return findings
+
+
+def adopt_markups_node(scene, node, volume_node=None) -> ResultNodes:
+    """Turn a point list loaded from a Lesion Detector ``.mrk.json`` (written by
+    ``lesion-detector detect`` or exported by this module) into a run: markups with the
+    findings attached, table and subject hierarchy, keeping every review decision.
+
+    The loaded node is replaced by the new one (same name), so the scene holds the run once.
+    Raises ``ValueError`` when the list was not written by Lesion Detector.
+    """
+    from .geometry import ras_to_lps
+
+    points = []
+    for i in range(node.GetNumberOfControlPoints()):
+        ras = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(i, ras)
+        points.append({"id": node.GetNthControlPointID(i), "label": node.GetNthControlPointLabel(i),
+                       "description": node.GetNthControlPointDescription(i),
+                       "position_lps": [float(v) for v in ras_to_lps(ras)]})
+    measurements = {}
+    for i in range(node.GetNumberOfMeasurements()):
+        m = node.GetNthMeasurement(i)
+        measurements[m.GetName()] = {"value": m.GetValue(), "description": m.GetDescription()}
+    findings = _mapping().findings_from_markups(points, measurements).to_dict()
+    name = node.GetName()
+    if volume_node is None:
+        volume_node = scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    result = create_result_nodes(scene, volume_node, findings)
+    scene.RemoveNode(node)
+    result.markups.SetName(name)
+    return result
 
 
 def patient_flag_of(markups) -> Dict[str, Optional[str]]:
@@ -291,6 +383,10 @@ def patient_flag_of(markups) -> Dict[str, Optional[str]]:
 
 
 def candidate_position_ras(markups, index: int) -> List[float]:
+    """World RAS position of candidate ``index`` (rank - 1)."""
+    i = _point_index(markups, index)
+    if i < 0:
+        raise IndexError(f"the control point of candidate {index + 1} was deleted")
     pos = [0.0, 0.0, 0.0]
-    markups.GetNthControlPointPositionWorld(index, pos)
+    markups.GetNthControlPointPositionWorld(i, pos)
     return pos

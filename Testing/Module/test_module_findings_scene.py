@@ -107,7 +107,7 @@ def test_review_updates_markups_table_and_findings(scene, volume_and_study, find
     findings_scene.set_review(result.markups, 2, "rejected")
     findings_scene.set_review(result.markups, 2, "rejected")  # idempotent: one review tag only
     assert [findings_scene.review_of(result.markups, i) for i in range(3)] == ["accepted", "unreviewed", "rejected"]
-    assert result.markups.GetNthControlPointDescription(2).count("review:") == 1
+    assert result.markups.GetNthControlPointDescription(2).count("review") == 1
     assert [result.table.GetCellText(r, 7) for r in range(3)] == ["accepted", "unreviewed", "rejected"]
     reviews = {c["id"]: c["review"] for c in findings_scene.findings_with_review(result.markups)["candidates"]}
     assert reviews == {"N1": "accepted", "N2": "unreviewed", "N3": "rejected"}
