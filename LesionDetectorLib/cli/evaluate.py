@@ -25,7 +25,6 @@ operating_points.json (the model card's ``operating_points``). Bad input exits w
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 from pathlib import Path
@@ -118,7 +117,7 @@ def resolve_inputs(args, dataset=None) -> Tuple[list, list, List[str], Dict[str,
     With a ``dataset`` (``--data``) the folder's files are the defaults of the flags; ``inputs``
     names what was used, for the report.
     """
-    from ..evaluation.csv_io import read_annotations, read_seriesuids
+    from ..luna16_format import read_annotations, read_seriesuids
 
     annotations_path, excluded_path, uids_path = args.annotations, args.excluded, args.seriesuids
     if dataset is not None:
@@ -148,7 +147,7 @@ def resolve_inputs(args, dataset=None) -> Tuple[list, list, List[str], Dict[str,
 
 def load_predictions(args, seriesuids: List[str]):
     """The marks of ``--predictions`` as Prediction records (the CSV mode)."""
-    from ..evaluation.csv_io import read_predictions
+    from ..luna16_format import read_predictions
 
     return read_predictions(args.predictions, seriesuids)
 
@@ -168,7 +167,7 @@ def _model_identity(name_or_dir: str) -> Dict[str, str]:
 def _prepare_predictions_dir(pred_dir: Path, settings: Dict[str, object], resume: bool,
                              seriesuids: List[str]) -> None:
     """Check (``--resume``) or reset the per-scan predictions folder, then record ``settings``."""
-    from ..export.atomic import atomic_write_text
+    from ..atomic import atomic_write_text
 
     run_file = pred_dir / RUN_FILE
     if resume and run_file.is_file():
@@ -256,22 +255,15 @@ def detect_dataset(args, dataset, seriesuids: List[str]) -> Tuple[Path, Dict[str
 
 def gather_predictions(pred_dir: Path, seriesuids: List[str], out_csv: Path) -> Path:
     """Concatenate ``<pred_dir>/<uid>.csv`` (every one checked) into one LUNA16 submission CSV."""
-    from ..evaluation.csv_io import PREDICTION_COLUMNS, read_predictions
-    from ..export.atomic import atomic_open
+    from ..luna16_format import read_predictions, write_predictions
 
-    with atomic_open(out_csv, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(PREDICTION_COLUMNS)
-        for uid in seriesuids:
-            for p in read_predictions(pred_dir / f"{uid}.csv", [uid]):
-                writer.writerow([p.seriesuid, repr(p.x), repr(p.y), repr(p.z), repr(p.probability)])
-    return out_csv
+    return write_predictions(out_csv, (p for uid in seriesuids for p in read_predictions(pred_dir / f"{uid}.csv", [uid])))
 
 
 # ------------------------------------------------------------------------------------ run
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.csv_io import read_predictions
     from ..evaluation.luna16_evaluation import evaluate_luna16
+    from ..luna16_format import read_predictions
     from ..evaluation.report import write_report
 
     if getattr(args, "dataset", "luna16") == "deeplesion":

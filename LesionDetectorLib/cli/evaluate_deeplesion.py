@@ -14,7 +14,8 @@ come from one of:
   ``preprocessing.crop`` is ``"body"``), with the same resumable per-chunk predictions
   (``OUT/predictions/<uid>.csv``, ``--resume``) as the LUNA16 ``--data`` mode.
 
-At most ``--max-marks`` marks per chunk are kept, highest probability first (<= 0 keeps all).
+At most ``--max-marks`` marks per chunk are kept, by LUNA16's official cap (marks tied with the
+first one over the cap go too: :func:`LesionDetectorLib.luna16_format.cap_marks`; <= 0 keeps all).
 Metrics: :func:`LesionDetectorLib.evaluation.deeplesion_metrics.evaluate_deeplesion` (LUNA16
 hit criterion, FP rates per evaluated chunk). Writes ``report.json``, ``report.md`` and
 ``froc.png`` into ``--out`` (:mod:`LesionDetectorLib.evaluation.deeplesion_report`).
@@ -23,9 +24,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterator, NamedTuple, Optional, Sequence
 
 from ..errors import EvaluationInputError
 
@@ -77,34 +77,12 @@ def lesions_of(scans) -> list:
 
 def read_chunk_predictions(path: Path, seriesuids: Sequence[str]) -> list:
     """Rows of a predictions CSV whose ``seriesuid`` must be an evaluated chunk; errors name ``file:line``."""
-    from ..evaluation.csv_io import PREDICTION_COLUMNS, _number, _table, _uid
-    from ..evaluation.records import Prediction
+    from ..luna16_format import read_predictions
 
-    path = Path(path)
-    known = set(seriesuids)
-    out = []
-    for line, row in _table(path, PREDICTION_COLUMNS):
-        uid = _uid(path, line, row["seriesuid"])
-        if uid not in known:
-            raise EvaluationInputError(
-                f"{path}:{line}: seriesuid {uid!r} is not a DeepLesion scan chunk of the evaluated split "
-                f"(expected <patient>_<study>_<series>_<first>-<last>, e.g. {next(iter(seriesuids))})")
-        xyz = [_number(path, line, c, row[c]) for c in ("coordX", "coordY", "coordZ")]
-        out.append(Prediction(uid, *xyz, _number(path, line, "probability", row["probability"])))
-    return out
-
-
-def cap_marks(predictions: list, max_marks: int) -> Tuple[list, int]:
-    """Keep the ``max_marks`` most probable marks of each chunk (<= 0 keeps all); returns ``(kept, dropped)``."""
-    if max_marks <= 0:
-        return list(predictions), 0
-    per_uid: Dict[str, list] = defaultdict(list)
-    for p in predictions:
-        per_uid[p.seriesuid].append(p)
-    kept = []
-    for marks in per_uid.values():
-        kept.extend(sorted(marks, key=lambda p: -p.probability)[:max_marks])
-    return kept, len(predictions) - len(kept)
+    example = next(iter(seriesuids)).replace("{", "{{").replace("}", "}}")   # literal inside the template
+    return read_predictions(path, seriesuids, unknown=(
+        "seriesuid {uid!r} is not a DeepLesion scan chunk of the evaluated split "
+        "(expected <patient>_<study>_<series>_<first>-<last>, e.g. " + example + ")"))
 
 
 # --------------------------------------------------------------------------- model mode
@@ -147,6 +125,7 @@ def _warn_if_lung_model(args) -> None:
 def run_deeplesion(args: argparse.Namespace) -> int:
     from ..evaluation.deeplesion_metrics import evaluate_deeplesion
     from ..evaluation.deeplesion_report import curve_points, write_deeplesion_report
+    from ..luna16_format import cap_predictions
 
     check_args(args)
     split = args.split or DEFAULT_SPLIT
@@ -171,7 +150,7 @@ def run_deeplesion(args: argparse.Namespace) -> int:
         predictions_csv = args.predictions
         inputs["predictions"] = str(predictions_csv)
     predictions = read_chunk_predictions(predictions_csv, image_ids)
-    kept, dropped = cap_marks(predictions, args.max_marks)
+    kept, dropped = cap_predictions(predictions, args.max_marks)
     result = evaluate_deeplesion(lesions, kept, image_ids)
     curves = curve_points(lesions, kept, image_ids)
     counts = {"predictions": len(predictions), "predictions_evaluated": len(kept), "dropped_over_max_marks": dropped,

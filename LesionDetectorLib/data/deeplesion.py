@@ -132,9 +132,9 @@ class DeepLesionScan:
                      for group in self.targets(variant))
 
     def annotations(self, variant: str):
-        """``(targets, excluded)`` as evaluation :class:`~LesionDetectorLib.evaluation.records.Annotation`
+        """``(targets, excluded)`` as evaluation :class:`~LesionDetectorLib.luna16_format.Annotation`
         lists keyed by this chunk's ``seriesuid`` (the LUNA16 hit criterion the paper uses)."""
-        from ..evaluation.records import Annotation
+        from ..luna16_format import Annotation
 
         return tuple([Annotation(self.seriesuid, *l.center_lps, l.diameter_mm) for l in group]
                      for group in self.targets(variant))

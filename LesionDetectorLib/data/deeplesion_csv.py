@@ -6,7 +6,8 @@ the LUNA16 FROC code evaluates them unchanged:
 
 * ``annotations.csv`` / ``annotations_excluded.csv``: ``seriesuid,coordX,coordY,coordZ,diameter_mm``
   (world LPS mm of each chunk's own frame, see :mod:`.deeplesion_images`);
-* ``seriesuids.csv``: every chunk of the selection, lesion-free or not, one per line;
+* ``seriesuids.csv``: every chunk of the selection, lesion-free or not, one per line (no header,
+  as the challenge's file);
 * ``lesions.csv``: the same targets with ``lesion_type`` and ``long_axis_mm`` for the per-type
   and per-diameter tables of the paper (Table VI).
 
@@ -18,25 +19,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
-from ..atomic import atomic_open
+from ..luna16_format import ANNOTATION_COLUMNS, write_csv, write_seriesuids
 from .deeplesion import VARIANTS, DeepLesionDataset, DeepLesionScan
 from .deeplesion_info import LESION_TYPES
 
-ANNOTATION_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
-LESION_HEADER = ANNOTATION_HEADER + ("lesion_type", "lesion_type_name", "long_axis_mm", "csv_lines")
-
-
-def _write_atomic(path: Path, header: Sequence[str], rows: List[Sequence]) -> None:
-    """Never a half-written CSV (:mod:`LesionDetectorLib.atomic`)."""
-    with atomic_open(path, "w", newline="") as out:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+LESION_HEADER = ANNOTATION_COLUMNS + ("lesion_type", "lesion_type_name", "long_axis_mm", "csv_lines")
 
 
 def write_evaluation_csvs(scans: Sequence[DeepLesionScan], out_dir: Union[str, Path],
@@ -61,10 +52,10 @@ def write_evaluation_csvs(scans: Sequence[DeepLesionScan], out_dir: Union[str, P
                         for l in dropped)
     paths = {name: out_dir / f"{name}.csv"
              for name in ("annotations", "annotations_excluded", "seriesuids", "lesions")}
-    _write_atomic(paths["annotations"], ANNOTATION_HEADER, targets)
-    _write_atomic(paths["annotations_excluded"], ANNOTATION_HEADER, excluded)
-    _write_atomic(paths["seriesuids"], ("seriesuid",), [(s.seriesuid,) for s in scans])
-    _write_atomic(paths["lesions"], LESION_HEADER, lesions)
+    write_csv(paths["annotations"], ANNOTATION_COLUMNS, targets)
+    write_csv(paths["annotations_excluded"], ANNOTATION_COLUMNS, excluded)
+    write_seriesuids(paths["seriesuids"], (s.seriesuid for s in scans))
+    write_csv(paths["lesions"], LESION_HEADER, lesions)
     return paths
 
 

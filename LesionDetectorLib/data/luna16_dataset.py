@@ -14,8 +14,6 @@ Folds are the subsets (LUNA16's 10-fold cross-validation). Scans directly under 
 """
 from __future__ import annotations
 
-import csv
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +21,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import EvaluationInputError, VolumeError
-
-ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+from ..errors import VolumeError
+from ..luna16_format import DEFAULT_DIAMETER_MM, annotations_by_scan, read_annotations, read_seriesuids
 _SUBSET = re.compile(r"^subset(\d+)$")
 
 
@@ -37,43 +34,13 @@ class Luna16Scan:
     lung_mask_path: Optional[Path]   # seg-lungs-LUNA16/<uid>.mhd when present
 
 
-def read_annotation_csv(path: Union[str, Path]) -> Dict[str, np.ndarray]:
-    """``{seriesuid: float64 [N, 4] (x, y, z, diameter_mm)}`` from a LUNA16 annotation CSV.
-
-    Columns are found by header name (extra columns are ignored); coordinates are world LPS mm.
-    """
-    path = Path(path)
-    out: Dict[str, List[Tuple[float, float, float, float]]] = {}
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise EvaluationInputError(f"{path}:1: empty file, expected the header {','.join(ANNOTATION_COLUMNS)}")
-        missing = [c for c in ANNOTATION_COLUMNS if c not in header]
-        if missing:
-            raise EvaluationInputError(f"{path}:1: header lacks column(s) {', '.join(missing)}; "
-                                       f"expected {','.join(ANNOTATION_COLUMNS)}")
-        cols = [header.index(c) for c in ANNOTATION_COLUMNS]
-        for line_no, row in enumerate(reader, start=2):
-            if not row or all(not v.strip() for v in row):
-                continue
-            if len(row) < len(header):
-                raise EvaluationInputError(f"{path}:{line_no}: {len(row)} fields, expected {len(header)}")
-            uid = row[cols[0]].strip()
-            if not uid:
-                raise EvaluationInputError(f"{path}:{line_no}: empty seriesuid")
-            try:
-                x, y, z, d = (float(row[c]) for c in cols[1:])
-            except ValueError:
-                raise EvaluationInputError(f"{path}:{line_no}: coordinates and diameter must be numbers, "
-                                           f"got {[row[c] for c in cols[1:]]}") from None
-            if not all(math.isfinite(v) for v in (x, y, z, d)):
-                raise EvaluationInputError(f"{path}:{line_no}: non-finite value")
-            if d < 0:
-                raise EvaluationInputError(f"{path}:{line_no}: negative diameter {d}")
-            out.setdefault(uid, []).append((x, y, z, d))
-    return {uid: np.array(rows, dtype=np.float64) for uid, rows in out.items()}
+def read_annotation_csv(path: Union[str, Path], excluded: bool = False) -> Dict[str, np.ndarray]:
+    """``{seriesuid: float64 [N, 4] (x, y, z, diameter_mm)}`` from a LUNA16 annotation CSV
+    (:mod:`LesionDetectorLib.luna16_format`). A nodule to learn needs a size, so a negative
+    diameter is an error in ``annotations.csv``; in the excluded list (``excluded=True``) the
+    challenge's ``-1`` gets the official script's 10 mm."""
+    records = read_annotations(path, allow_unknown_size=excluded)
+    return annotations_by_scan(records, unknown_size_mm=DEFAULT_DIAMETER_MM if excluded else None)
 
 
 class Luna16Dataset:
@@ -107,11 +74,11 @@ class Luna16Dataset:
         self.annotations_path = ann if ann.is_file() else None
         self.excluded_path = exc if exc.is_file() else None
         self._annotations = read_annotation_csv(ann) if self.annotations_path else {}
-        self._excluded = read_annotation_csv(exc) if self.excluded_path else {}
+        self._excluded = read_annotation_csv(exc, excluded=True) if self.excluded_path else {}
         listed = self.root / "seriesuids.csv"
         self.listed_uids: Optional[List[str]] = None
         if listed.is_file():
-            self.listed_uids = [ln.split(",")[0].strip() for ln in listed.read_text().splitlines() if ln.strip()]
+            self.listed_uids = read_seriesuids(listed)
 
     def __len__(self) -> int:
         return len(self.scans)

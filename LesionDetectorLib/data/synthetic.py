@@ -28,7 +28,6 @@ category and placement; not a LUNA16 file, ignored by LUNA16 tools).
 """
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass, field
@@ -39,13 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..luna16_format import ANNOTATION_COLUMNS, write_csv, write_seriesuids
 from . import anatomy, trees
 from .lidc_shapes import ShapeLibrary, load_shape_library
 
 log = logging.getLogger(__name__)
 
 UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
-LUNA16_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 SLICE_SPACINGS = np.array([0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5])
 SLICE_WEIGHTS = np.array([0.08, 0.07, 0.15, 0.25, 0.10, 0.15, 0.20])
 LUNG_LABELS = {1: 3, 2: 4}          # coarse region -> value in seg-lungs-LUNA16 masks
@@ -521,17 +520,10 @@ def write_dataset(out: Path, n: int, seed: int, size: str = "full", subsets: int
         if progress:
             progress(i + 1, n, scan)
     for name, rows in (("annotations.csv", ann_rows), ("annotations_excluded.csv", exc_rows)):
-        with open(out / name, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(LUNA16_HEADER)
-            w.writerows(rows)
-    with open(out / "seriesuids.csv", "w", newline="") as fh:   # LUNA16's evaluation list: no header
-        fh.writelines(u + "\n" for u in uids)
-    with open(out / "synthetic_nodules.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([*LUNA16_HEADER, "readers", "category", "placement", "texture", "calcification",
-                    "lidc_scan_id", "lidc_shape_index", "list"])
-        w.writerows(all_rows)
+        write_csv(out / name, ANNOTATION_COLUMNS, rows)
+    write_seriesuids(out / "seriesuids.csv", uids)
+    write_csv(out / "synthetic_nodules.csv", [*ANNOTATION_COLUMNS, "readers", "category", "placement", "texture",
+                                              "calcification", "lidc_scan_id", "lidc_shape_index", "list"], all_rows)
     return dict(root=str(out), scans=n, annotations=len(ann_rows), excluded=len(exc_rows),
                 negative_scans=sum(1 for u in uids if not any(r[0] == u for r in ann_rows)),
                 mean_generation_s=float(np.mean(timings)))

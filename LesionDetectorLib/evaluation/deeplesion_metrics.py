@@ -23,8 +23,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import EvaluationInputError
+from ..luna16_format import Annotation, as_predictions
 from .froc import CPM_FP_RATES, CurveEvents, Matching, match_candidates
-from .records import Annotation, as_predictions
 
 #: FP-per-image rates of Table V.
 DEEPLESION_FP_RATES: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -128,7 +128,7 @@ def evaluate_deeplesion(lesions: Iterable[DeepLesionLesion], detections: Iterabl
 
     Args:
         lesions: annotated lesions of the evaluated key images.
-        detections: marks, as :class:`~.records.Prediction` (``seriesuid`` = image id), dicts
+        detections: marks, as :class:`~LesionDetectorLib.luna16_format.Prediction` (``seriesuid`` = image id), dicts
             or ``(image_id, x, y, z, probability)`` tuples.
         image_ids: evaluated images (the FP/image divisor); default: the images of ``lesions``
             in first-seen order. A detection on another image is an error.

@@ -3,13 +3,12 @@
 The reference is ``noduleCADEvaluationLUNA16.py`` of the LUNA16 challenge (Setio et al.,
 Medical Image Analysis 42, 2017). Its rules, re-implemented here with numpy:
 
-* **Mark cap.** Each scan keeps at most ``max_marks`` (100 in the challenge) marks. When a scan
-  has more, the official script takes ``t = probs_sorted_desc[max_marks]`` and keeps the marks
-  with probability strictly greater than ``t``; marks tied with the 101st are therefore all
-  dropped and a scan can keep fewer than 100. ``max_marks <= 0`` keeps everything.
+* **Mark cap.** Each scan keeps at most ``max_marks`` (100 in the challenge) marks, by the
+  official rule of :func:`LesionDetectorLib.luna16_format.cap_marks`: marks tied with the
+  101st are all dropped, so a scan can keep fewer than 100. ``max_marks <= 0`` keeps everything.
 * **Hit.** A mark hits an annotation when the squared distance of the centres is strictly less
   than the squared radius. Negative diameters (``-1`` in ``annotations_excluded.csv``) become
-  10 mm (:data:`~.records.DEFAULT_DIAMETER_MM`).
+  10 mm (:data:`~LesionDetectorLib.luna16_format.DEFAULT_DIAMETER_MM`).
 * **Included nodules** (``annotations.csv``): a nodule hit by one or more marks is one true
   positive whose probability is the highest of those marks; the other marks on it are not
   counted at all. A nodule without a hit counts in the denominator only.
@@ -55,13 +54,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import EvaluationInputError
-from .records import Annotation, Prediction
+from ..luna16_format import LUNA16_MAX_MARKS, Annotation, Prediction, cap_marks
 
 #: FP-per-scan rates of the LUNA16 competition performance metric (CPM).
 CPM_FP_RATES: Tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-#: Marks per scan the challenge keeps (``maxNumberOfCADMarks=100`` in the official call).
-LUNA16_MAX_MARKS = 100
 
 #: The official script's FROC grid, ``np.linspace(FROC_minX, FROC_maxX, num=10001)``.
 OFFICIAL_FP_GRID = np.linspace(0.125, 8.0, num=10001)
@@ -137,15 +133,6 @@ class FrocCurve:
     fps: np.ndarray
     sensitivity: np.ndarray
     thresholds: np.ndarray
-
-
-def cap_marks(probs: np.ndarray, max_marks: int) -> np.ndarray:
-    """Boolean mask ``[N]`` of the marks of one scan kept by the official cap (module doc)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if max_marks <= 0 or probs.shape[0] <= max_marks:
-        return np.ones(probs.shape[0], dtype=bool)
-    cut = np.sort(probs)[::-1][max_marks]
-    return probs > cut
 
 
 def _points(items: Iterable, fields: Tuple[str, ...]) -> np.ndarray:

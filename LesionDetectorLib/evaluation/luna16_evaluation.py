@@ -4,7 +4,7 @@
     result.cpm, result.sensitivities[1.0], result.operating_points["sensitivity_0.95"].threshold
 
 The training loop computes validation CPM this way; the CLI reads the CSV files with
-:mod:`.csv_io` and calls the same function, so a future ``--data/--model`` mode only has to
+:mod:`LesionDetectorLib.luna16_format` and calls the same function, so a future ``--data/--model`` mode only has to
 produce the predictions list.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence
 
+from ..luna16_format import as_annotations, as_predictions
 from .bootstrap import BootstrapResult, bootstrap_froc
 from .froc import (CPM_FP_RATES, LUNA16_MAX_MARKS, OFFICIAL, CurveEvents, FrocCurve, Matching, check_rule, cpm,
                    match_candidates, require_nodules)
 from .operating_points import OperatingPoint, operating_points
-from .records import as_annotations, as_predictions
 from .tnp import TnpCurve, TnpResult, tnp_at_sensitivity, tnp_curve
 
 
@@ -76,10 +76,10 @@ def evaluate_luna16(annotations: Iterable, excluded: Iterable, seriesuids: Seque
     """LUNA16 FROC/CPM, bootstrap CIs, TNP and operating points.
 
     Args:
-        annotations, excluded: :class:`~.records.Annotation` objects, dicts with LUNA16 column
+        annotations, excluded: :class:`~LesionDetectorLib.luna16_format.Annotation` objects, dicts with LUNA16 column
             names or ``(seriesuid, x, y, z, diameter_mm)`` tuples (world LPS mm).
         seriesuids: evaluated scans (``seriesuids.csv``).
-        predictions: :class:`~.records.Prediction` objects, dicts or
+        predictions: :class:`~LesionDetectorLib.luna16_format.Prediction` objects, dicts or
             ``(seriesuid, x, y, z, probability)`` tuples.
         max_marks: per-scan cap (100 as in the challenge; ``<= 0`` keeps all).
         bootstrap: number of scan resamples; 0 skips the confidence intervals (fast path).

@@ -7,6 +7,7 @@ column carries the reader's decision without breaking it. Columns and the writer
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -20,6 +21,10 @@ def luna16_rows(findings: Findings, series_uid: Optional[str] = None) -> List[Li
     if not uid:
         raise ValueError("the LUNA16 CSV needs a series UID: the scan has none in its metadata; pass series_uid "
                          "(--series-uid) or name the file by its seriesuid")
+    for c in findings.candidates:
+        if not all(math.isfinite(float(v)) for v in (*c.center_lps, c.score)):
+            raise ValueError(f"candidate {c.id} has a NaN or infinite centre or score; the LUNA16 CSV was not "
+                             "written")
     return [[uid, f"{c.center_lps[0]:.4f}", f"{c.center_lps[1]:.4f}", f"{c.center_lps[2]:.4f}",
              f"{c.score:.6f}", c.review] for c in findings.candidates]
 

@@ -303,7 +303,7 @@ def test_image_size_mismatch_and_8_bit_slice_in_series(tmp_path):
 
 def test_evaluation_csvs_round_trip(root, tmp_path, capsys):
     from LesionDetectorLib.data.deeplesion_csv import main
-    from LesionDetectorLib.evaluation.csv_io import read_annotations, read_seriesuids
+    from LesionDetectorLib.luna16_format import read_annotations, read_seriesuids
 
     assert main([str(root), str(tmp_path), "--split", "test", "--variant", "test_without_large"]) == 0
     assert "2 scan chunk(s), 3 lesion(s), 1 excluded" in capsys.readouterr().out

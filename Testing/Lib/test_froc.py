@@ -13,8 +13,8 @@ import pytest
 from LesionDetectorLib.errors import EvaluationInputError
 from LesionDetectorLib.evaluation import Annotation, Prediction, evaluate_luna16, match_candidates
 from LesionDetectorLib.evaluation.bootstrap import bootstrap_froc, draw_weights
-from LesionDetectorLib.evaluation.froc import (CPM_FP_RATES, OFFICIAL_FP_GRID, CurveEvents, cap_marks, interp_rows,
-                                               official_grid_rates)
+from LesionDetectorLib.evaluation.froc import CPM_FP_RATES, OFFICIAL_FP_GRID, CurveEvents, interp_rows, official_grid_rates
+from LesionDetectorLib.luna16_format import cap_marks
 
 RATES = CPM_FP_RATES
 
