@@ -12,6 +12,17 @@ Two reader threads move stdout/stderr lines into queues; :meth:`DetectionJob.pol
 drains them without waiting, so a ``QTimer`` in the widget (or :meth:`wait` in a
 script) drives the job. The job owns a temporary directory (input NRRD + outputs)
 and removes it when it finishes, fails or is cancelled.
+
+Process handling, because Slicer's launcher sits between us and Python:
+
+- In Slicer the child is ``PythonSlicer``, a launcher that starts ``python-real``; the
+  detection itself may fork workers. Cancel therefore stops the whole process tree:
+  a new process group and ``os.killpg`` on POSIX, ``taskkill /T /F`` on Windows
+  (psutil is not part of Slicer's Python).
+- On Windows the child starts without a console window (``STARTUPINFO`` + ``CREATE_NO_WINDOW``).
+- Output is decoded as UTF-8 with ``errors="replace"``, so a stray byte cannot kill a
+  reader thread (the child would then block on a full pipe). Only the reader threads
+  close the pipes, at end of file: closing a pipe another thread is reading can block.
 """
 from __future__ import annotations
 
@@ -52,13 +63,34 @@ def parse_event(line: str) -> Dict:
 
 
 def _pump(stream, sink: "queue.Queue[Optional[str]]") -> None:
+    """Reader thread: lines -> ``sink``, then None at end of file. Never dies on bad output."""
     try:
         for line in iter(stream.readline, ""):
             sink.put(line)
-    except ValueError:  # stream closed under us by cancel(); nothing left to read
-        pass
+    except (ValueError, OSError) as exc:  # stream closed or broken: nothing more to read
+        sink.put(f"(output reader stopped: {exc})\n")
     finally:
+        try:
+            stream.close()
+        except OSError:
+            pass
         sink.put(None)
+
+
+def windows_popen_kwargs(sp=subprocess) -> Dict:
+    """Popen arguments that start a child without a console window, in its own process group.
+
+    ``sp`` is the ``subprocess`` module (replaceable so the values are testable off Windows).
+    """
+    startupinfo = sp.STARTUPINFO()
+    startupinfo.dwFlags |= sp.STARTF_USESHOWWINDOW
+    startupinfo.wShowWindow = sp.SW_HIDE
+    return {"startupinfo": startupinfo, "creationflags": sp.CREATE_NEW_PROCESS_GROUP | sp.CREATE_NO_WINDOW}
+
+
+def kill_tree_command(pid: int) -> List[str]:
+    """Windows: the command that ends ``pid`` and every process it started."""
+    return ["taskkill", "/PID", str(int(pid)), "/T", "/F"]
 
 
 class DetectionJob:
@@ -96,17 +128,18 @@ class DetectionJob:
     def start(self) -> "DetectionJob":
         if self.state != PENDING:
             raise RuntimeError(f"job already {self.state}")
-        kwargs = {}
         if os.name == "posix":
-            # Own process group: cancel() then also stops DataLoader workers the child forks.
-            kwargs["start_new_session"] = True
+            # Own process group (its id is the child's pid): cancel() signals the whole tree.
+            kwargs = {"start_new_session": True}
         else:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+            kwargs = windows_popen_kwargs()
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")  # progress lines must arrive as they happen
+        env.setdefault("PYTHONIOENCODING", "utf-8")  # what the readers decode, on every platform
         try:
             self._proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env,
+                                          stdin=subprocess.DEVNULL, text=True, encoding="utf-8",
+                                          errors="replace", bufsize=1, env=env,
                                           cwd=str(self.workdir), **kwargs)
         except OSError as exc:
             self._finish(FAILED, f"could not start the detection process ({exc})")
@@ -157,18 +190,30 @@ class DetectionJob:
             time.sleep(interval)
         return self.state
 
-    def cancel(self) -> None:
-        """Stop the child (terminate, then kill after 5 s) and remove the temporary files."""
+    def cancel(self, grace: float = 5.0) -> None:
+        """Stop the child and everything it started, then remove the temporary files.
+
+        POSIX: SIGTERM to the process group, SIGKILL to what is left after ``grace``
+        seconds (also when the child itself already exited but left workers behind).
+        Windows: ``taskkill /T /F`` on the tree, then ``kill()`` if that failed.
+        """
         if self.state in FINISHED_STATES:
             return
-        if self._proc is not None and self._proc.poll() is None:
-            self._signal(signal.SIGTERM if os.name == "posix" else None)
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL if os.name == "posix" else None, hard=True)
-                self._proc.wait(timeout=5)
         if self._proc is not None:
+            if os.name == "posix":
+                self._signal_group(signal.SIGTERM)
+                deadline = time.monotonic() + grace
+                while self._group_alive() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if self._group_alive():
+                    self._signal_group(signal.SIGKILL)
+            else:
+                self._kill_tree_windows()
+            try:
+                self._proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=grace)
             self.returncode = self._proc.returncode
         self._finish(CANCELLED, None)
 
@@ -225,28 +270,38 @@ class DetectionJob:
             self._finish(DONE, None)
 
     def _finish(self, state: str, error: Optional[str]) -> None:
+        # The pipes are closed by their reader threads at end of file (see the module docstring).
         self.state = state
         self.error = error
-        if self._proc is not None:
-            for stream in (self._proc.stdout, self._proc.stderr):
-                if stream is not None:
-                    try:
-                        stream.close()
-                    except OSError:
-                        pass
         if not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _signal(self, sig, hard: bool = False) -> None:
+    def _signal_group(self, sig) -> None:
         try:
-            if os.name == "posix":
-                os.killpg(self._proc.pid, sig)
-            elif hard:
-                self._proc.kill()
-            else:
-                self._proc.terminate()
+            os.killpg(self._proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def _group_alive(self) -> bool:
+        """Whether any process of the child's group is left (the leader is reaped first: a
+        zombie would keep the group alive)."""
+        self._proc.poll()
+        try:
+            os.killpg(self._proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def _kill_tree_windows(self) -> None:
+        if self._proc.poll() is not None and self._proc.returncode is not None:
+            return
+        try:
+            subprocess.run(kill_tree_command(self._proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=10, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        if self._proc.poll() is None:
+            self._proc.kill()
 
     def _log(self, message: str) -> None:
         if self.log_callback and message:
