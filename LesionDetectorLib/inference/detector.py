@@ -5,11 +5,12 @@ Pipeline of :meth:`Detector.__call__` (stages as reported to the progress callba
 1. ``read``: a path is read with :func:`LesionDetectorLib.io.read_volume`;
 2. ``preprocess``: lung mask, 1 mm isotropic resampling, crop to the lungs, HU window
    (:func:`LesionDetectorLib.preprocess.preprocess`);
-3. ``model``: sliding-window tiles of the model's training crop (128^3 for ``luna16``,
-   overlap 32 voxels, padded at small borders) in batches, AMP on CUDA, with out-of-memory
-   fallback (smaller batches, then CPU); each tile keeps only detections whose centre it
-   owns (:mod:`.sliding_window`); cancellation is checked after every batch;
-4. ``postprocess``: 3-D NMS across tiles, ranking, patient flag, and the exact mapping of
+3. ``model``: the detection engine (:mod:`.engine`, the same code that validation, calibration
+   and evaluation run): sliding-window tiles of the card's ``inference.tile`` (else the training
+   crop), tiles owning no anatomy skipped, batches under the chosen precision with
+   out-of-memory fallback, owned centres, the card's score fusion, 3-D NMS and one mark per
+   lesion; cancellation is checked after every batch;
+4. ``postprocess``: listing floor and cap, patient flag, and the exact mapping of
    every centre from crop voxels back to world LPS mm (``Preprocessed.to_world``).
 
 Nothing is written to disk here: exports are separate (:mod:`LesionDetectorLib.export`),
@@ -17,7 +18,6 @@ so a cancelled or failed run leaves no files behind.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import os
@@ -30,11 +30,11 @@ import torch
 from ..errors import ModelError
 from ..version import __version__
 from ..volume import Volume
-from .device import BatchRunner, memory_format_for, resolve_device
+from .device import memory_format_for, resolve_device
+from .engine import DetectionEngine, EngineSettings, valid_voxels
 from ..findings import Candidate, Findings
-from .patient_flag import DEFAULT_OPERATING_POINT, patient_flag, resolve_operating_point
+from .patient_flag import DEFAULT_OPERATING_POINT, patient_flag, patient_probability, resolve_operating_point
 from .progress import CancelToken, ProgressCallback, StageTimer, report
-from .sliding_window import Tile, extract_tile, plan_tiles
 
 log = logging.getLogger("lesion-detector.inference")
 
@@ -111,10 +111,11 @@ class Detector:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         batch_size: tiles per forward pass (default 2 on CUDA, 1 on CPU).
         tile: window ``(D, H, W)`` voxels; default the card's ``inference.tile``, else the training crop.
-        overlap: voxels shared by neighbouring tiles (default 32).
+        overlap: voxels shared by neighbouring tiles (default: the card's ``inference.overlap``, else 32).
         nms_iou: IoU above which overlapping candidates merge (default: the config's
             ``final_nms_iou``, else 0.1).
-        amp: float16 autocast on CUDA (default True; ignored on CPU).
+        precision: ``auto`` (fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32),
+            ``fp32``, ``bf16`` or ``fp16`` (CUDA only); see :mod:`.engine`.
 
     Example::
 
@@ -124,26 +125,27 @@ class Detector:
 
     def __init__(self, model: torch.nn.Module, card: Mapping[str, Any], device: Union[str, torch.device] = "auto",
                  batch_size: Optional[int] = None, tile: Optional[Union[int, Sequence[int]]] = None,
-                 overlap: int = DEFAULT_OVERLAP, nms_iou: Optional[float] = None, amp: bool = True) -> None:
+                 overlap: Optional[int] = None, nms_iou: Optional[float] = None,
+                 precision: str = "auto") -> None:
         for key in ("name", "version", "sha256"):
             if key not in card:
                 raise ModelError(f"model card has no {key!r}")
         self.card = dict(card)
         self.device = resolve_device(device)
         self.model = _for_device(model, self.device).eval()
-        config = dict(self.card.get("config") or {})
-        # A card may name a larger inference window than its training crop: the network is
-        # fully convolutional, and fewer, larger tiles waste less compute on overlap.
-        card_tile = (self.card.get("inference") or {}).get("tile")
-        crop = tile if tile is not None else (card_tile or config.get("crop_size", (128, 128, 128)))
-        self.tile: Tuple[int, int, int] = ((int(crop),) * 3 if isinstance(crop, (int, np.integer))
-                                           else tuple(int(c) for c in crop))
-        if any(t % 16 for t in self.tile):
-            raise ValueError(f"tile sizes must be multiples of 16 (the backbone's stride), got {self.tile}")
-        self.overlap = int(overlap)
-        self.nms_iou = float(nms_iou if nms_iou is not None else config.get("final_nms_iou", 0.1))
+        # A card may name a larger inference window than its training crop (the network is
+        # fully convolutional: fewer, larger tiles waste less compute on overlap), its score
+        # fusion and its overlap; the engine reads them all from the card.
+        self.settings = EngineSettings.from_card(self.card, tile=tile, overlap=overlap, nms_iou=nms_iou,
+                                                 precision=precision)
+        self.tile: Tuple[int, int, int] = self.settings.tile
+        self.overlap = self.settings.overlap
+        self.nms_iou = self.settings.nms_iou
         self.batch_size = int(batch_size) if batch_size else (2 if self.device.type == "cuda" else 1)
-        self.amp = bool(amp)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.engine = DetectionEngine(self.model, self.settings, self.device, self.batch_size,
+                                      on_device_change=self._move_to)
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -169,32 +171,19 @@ class Detector:
     def _move_to(self, device: torch.device) -> None:
         self.model = _for_device(self.model, device)
         self.device = device
+        self.engine.model = self.model
+        self.engine.device = device
 
     # ---------------------------------------------------------------------------- inference
-    def _infer_tiles(self, image: np.ndarray, pad_value: float, tiles: Sequence[Tile],
-                     device: torch.device) -> List[np.ndarray]:
-        """Run one batch; per tile an array ``[K, 7]`` = (z, y, x, d, score, rpn, fprn) in
-        image voxels, already restricted to the detections whose centre the tile owns."""
-        batch = torch.from_numpy(np.stack([extract_tile(image, t, pad_value) for t in tiles]))[:, None]
-        batch = batch.to(device, non_blocking=True)
-        batch = batch.contiguous(memory_format=memory_format_for(device))
-        autocast = (torch.autocast(device_type="cuda", dtype=torch.float16)
-                    if device.type == "cuda" and self.amp else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            outputs = self.model(batch)
-        del batch
-        if len(outputs) != len(tiles):
-            raise ModelError(f"the model returned {len(outputs)} results for {len(tiles)} tiles")
-        results = []
-        for tile, out in zip(tiles, outputs):
-            boxes = out["boxes"].detach().float().cpu().numpy().reshape(-1, 4)
-            cols = [out[k].detach().float().cpu().numpy().reshape(-1) for k in ("scores", "scores_rpn", "scores_fprn")]
-            rows = np.concatenate([boxes, np.stack(cols, axis=1)], axis=1) if len(boxes) else np.zeros((0, 7))
-            rows[:, :3] += np.asarray(tile.start, dtype=np.float64)
-            # Padding beyond the image is not anatomy: a centre there cannot be a lesion.
-            inside = np.all((rows[:, :3] >= -0.5) & (rows[:, :3] <= np.asarray(image.shape) - 0.5), axis=1)
-            results.append(rows[tile.owns(rows[:, :3]) & inside])
-        return results
+    def preprocess(self, volume: Volume, lung_mask: Optional[Union[np.ndarray, Volume]] = None):
+        """The network input of ``volume`` as this model was trained on it
+        (:class:`~LesionDetectorLib.preprocess.Preprocessed`)."""
+        from ..preprocess import preprocess, preprocess_body
+
+        if (self.card.get("preprocessing") or {}).get("crop") == "body":
+            # Models trained without lung masks (DeepLesion) see the whole body crop.
+            return preprocess_body(volume)
+        return preprocess(volume, lung_mask=lung_mask)
 
     def __call__(self, volume: Union[Volume, str, os.PathLike], progress: Optional[ProgressCallback] = None,
                  cancel: Optional[CancelToken] = None, lung_mask: Optional[Union[np.ndarray, Volume]] = None,
@@ -209,8 +198,7 @@ class Detector:
         Raises ``NoLungsFoundError`` (no lungs), ``CancelledError`` (``cancel.cancel()``
         was called), ``ValueError`` (unknown operating point), ``ModelError``.
         """
-        from ..model.nms import nms_3d
-        from ..preprocess import PAD_HU, normalize_hu, preprocess, preprocess_body
+        from ..preprocess import PAD_HU, normalize_hu
 
         timer = StageTimer()
         token = cancel or CancelToken()
@@ -228,36 +216,28 @@ class Detector:
 
         with timer.stage("preprocess"):
             report(progress, "preprocess", 0, 1)
-            if (self.card.get("preprocessing") or {}).get("crop") == "body":
-                # Models trained without lung masks (DeepLesion) see the whole body crop.
-                pre = preprocess_body(volume)
-            else:
-                pre = preprocess(volume, lung_mask=lung_mask)
+            pre = self.preprocess(volume, lung_mask)
             report(progress, "preprocess", 1, 1)
         token.raise_if_cancelled()
 
         with timer.stage("model"):
-            tiles = plan_tiles(pre.image.shape, self.tile, min(self.overlap, min(self.tile) - 1))
             pad_value = float(normalize_hu(np.float32(PAD_HU), pre.hu_window))
-            runner = BatchRunner(self.device, self.batch_size, on_device_change=self._move_to)
-            report(progress, "model", 0, len(tiles))
 
-            def after_batch(n_done: int) -> None:
-                report(progress, "model", n_done, len(tiles))
+            def after_batch(n_done: int, n_total: int) -> None:
+                report(progress, "model", n_done, n_total)
                 token.raise_if_cancelled()
 
-            per_tile = runner.run(tiles, lambda chunk, dev: self._infer_tiles(pre.image, pad_value, chunk, dev),
-                                  after_batch)
+            report(progress, "model", 0, len(self.engine.plan(pre.image.shape,
+                                                             valid_voxels(pre.image, pad_value))[0]))
+            result = self.engine.detect(pre.image, pad_value, after_batch)
 
         with timer.stage("postprocess"):
             report(progress, "postprocess", 0, 1)
-            rows = np.concatenate(per_tile, axis=0) if per_tile else np.zeros((0, 7))
-            if len(rows):
-                keep = nms_3d(torch.from_numpy(rows[:, :4]).float(), torch.from_numpy(rows[:, 4]).float(),
-                              self.nms_iou).numpy()
-                rows = rows[keep]
-                rows = rows[np.argsort(-rows[:, 4], kind="stable")]
+            rows = result.rows
             flag = patient_flag(rows[:, 4].tolist(), op)
+            probability = patient_probability(flag["max_score"], self.card)
+            if probability is not None:
+                flag["probability"] = round(probability, 4)
             floor = DEFAULT_MIN_SCORE if min_score is None else float(min_score)
             if op["threshold"] is not None:
                 floor = min(floor, op["threshold"])
@@ -273,16 +253,17 @@ class Detector:
             report(progress, "postprocess", 1, 1)
 
         provenance = {"library_version": __version__, "torch_version": torch.__version__,
-                      "device": str(runner.device), "op_backend": _op_backend(),
+                      "device": str(result.device), "op_backend": _op_backend(),
                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                      "amp": bool(self.amp and runner.device.type == "cuda"),
-                      "tile": list(self.tile), "overlap": self.overlap, "n_tiles": len(tiles),
-                      "notes": list(runner.notes)}
+                      "amp": result.precision != "fp32", "precision": result.precision,
+                      "score_fusion": self.settings.fusion.to_dict(),
+                      "tile": list(self.tile), "overlap": self.overlap, "n_tiles": result.n_tiles,
+                      "n_tiles_planned": result.n_tiles_planned, "notes": list(result.notes)}
         findings = Findings(candidates=candidates, patient_flag=flag, model=self.model_identity,
                             volume=volume_identity(volume), provenance=provenance,
                             operating_point={"name": op["name"], "threshold": op["threshold"],
                                              "sensitivity": op["sensitivity"], "fp_per_scan": op["fp_per_scan"]},
                             timings_s=timer.as_dict())
         log.info("%d candidates, patient flag %s (%s tiles, %.1f s)", len(candidates), flag["status"],
-                 len(tiles), findings.timings_s["total"])
+                 result.n_tiles, findings.timings_s["total"])
         return findings

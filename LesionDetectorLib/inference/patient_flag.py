@@ -50,3 +50,21 @@ def patient_flag(scores: Sequence[float], operating_point: Mapping[str, Any]) ->
     else:
         flag["status"] = "positive" if max_score is not None and max_score >= threshold else "likely negative"
     return flag
+
+
+def patient_probability(max_score: Optional[float], card: Mapping[str, Any]) -> Optional[float]:
+    """Calibrated probability that the patient has a nodule, from the scan's highest score.
+
+    The card's ``patient_probability`` holds a Platt scaling ``sigmoid(a * logit(max_score) + b)``
+    fitted on its validation patients (``evaluation.calibration``); None when the card has
+    none. A scan without candidates counts as ``max_score`` = 0 (the most negative evidence).
+    """
+    import math
+
+    spec = card.get("patient_probability") or {}
+    if spec.get("method") != "platt":
+        return None
+    a, b = float(spec["a"]), float(spec["b"])
+    s = min(max(float(max_score or 0.0), 1e-6), 1 - 1e-6)
+    z = a * (math.log(s) - math.log1p(-s)) + b
+    return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0

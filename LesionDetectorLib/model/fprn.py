@@ -26,7 +26,7 @@ spans ``[i, i + 1)``), which is the convention of ``roi_align_3d(..., aligned=Tr
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -95,33 +95,67 @@ class AggregatedFPRN(nn.Module):
         half = (side / 2).unsqueeze(1)
         return torch.cat([index.to(centre).unsqueeze(1), centre - half, centre + half], dim=1)
 
-    def level_features(self, features: Sequence[torch.Tensor], boxes: torch.Tensor, ref_levels: torch.Tensor,
-                       batch_index: torch.Tensor) -> torch.Tensor:
-        """Aggregated features ``[K, L * C * r^3]`` (r = ``roi_output``)."""
+    def windows(self, features: Sequence[torch.Tensor], boxes: torch.Tensor, ref_levels: torch.Tensor,
+                batch_index: torch.Tensor):
+        """The per-level crops the trainable part of the FPRN starts from.
+
+        Returns ``(crops, inner)``: with Local Magnification, ``crops [K, L, C, n, n, n]`` are the
+        RoI + margin windows (``n = crop_samples``) and ``inner [K, L]`` the RoI side inside
+        the magnified window (in its cells); without it, ``crops [K, L, C, r, r, r]`` are the
+        final RoI features and ``inner`` is None. Nothing here has parameters, so a frozen
+        backbone's windows can be cached and the FPRN trained on them
+        (:mod:`LesionDetectorLib.training.fprn_phase`).
+        """
         roi_align_3d = _roi_align()
         roi_cells = roi_sizes_in_cells(boxes[:, 3], ref_levels, self.strides, self.diameter_alignment)
-        k = boxes.shape[0]
         r = self.roi_output
-        crops = []
+        crops, inner = [], []
         for level, (feat, stride) in enumerate(zip(features, self.strides)):
+            # Under autocast the op computes in float32 (ops.roi_align_3d), so the boxes stay float32.
+            box_dtype = torch.float32 if torch.is_autocast_enabled(feat.device.type) else feat.dtype
             centre = (boxes[:, :3] + 0.5) / stride
             side = roi_cells[:, level]
             if self.magnify is None:
                 rois = self._cube_rois(batch_index, centre, side)
-                crops.append(roi_align_3d(feat, rois.to(feat.dtype), (r, r, r), 1.0, -1, True))
+                crops.append(roi_align_3d(feat, rois.to(box_dtype), (r, r, r), 1.0, -1, True))
                 continue
             n = self.crop_samples
             window = side + 2 * self.roi_margin
             rois = self._cube_rois(batch_index, centre, window)
-            crop = roi_align_3d(feat, rois.to(feat.dtype), (n, n, n), 1.0, 2, True)   # [K, C, n, n, n]
-            mag = self.magnify(crop)                                                 # [K, C, m, m, m]
-            m = mag.shape[-1]
-            inner = side * (m / window)
-            mid = centre.new_full((k, 3), m / 2)
-            own = torch.arange(k, device=boxes.device)
-            rois = self._cube_rois(own, mid, inner)
-            crops.append(roi_align_3d(mag, rois.to(mag.dtype), (r, r, r), 1.0, -1, True))
-        return torch.cat([c.flatten(1) for c in crops], dim=1)
+            crops.append(roi_align_3d(feat, rois.to(box_dtype), (n, n, n), 1.0, 2, True))   # [K, C, n, n, n]
+            inner.append(side / window)            # RoI side as a fraction of the window
+        stacked = torch.stack(crops, dim=1)
+        return stacked, (torch.stack(inner, dim=1) if inner else None)
+
+    def from_windows(self, crops: torch.Tensor, inner: Optional[torch.Tensor]) -> torch.Tensor:
+        """Aggregated features ``[K, L * C * r^3]`` from :meth:`windows`' output."""
+        if self.magnify is None:
+            return crops.flatten(1)
+        roi_align_3d = _roi_align()
+        k, n_levels = crops.shape[0], crops.shape[1]
+        r = self.roi_output
+        # One Local Magnification pass for all levels: its weights are shared across levels.
+        mag = self.magnify(crops.flatten(0, 1))                                      # [K*L, C, m, m, m]
+        m = mag.shape[-1]
+        box_dtype = torch.float32 if torch.is_autocast_enabled(mag.device.type) else mag.dtype
+        side = (inner.reshape(-1) * m).to(mag.device)
+        mid = side.new_full((k * n_levels, 3), m / 2)
+        own = torch.arange(k * n_levels, device=mag.device)
+        rois = self._cube_rois(own, mid, side)
+        out = roi_align_3d(mag, rois.to(box_dtype), (r, r, r), 1.0, -1, True)       # [K*L, C, r, r, r]
+        return out.reshape(k, n_levels, *out.shape[1:]).flatten(1)
+
+    def level_features(self, features: Sequence[torch.Tensor], boxes: torch.Tensor, ref_levels: torch.Tensor,
+                       batch_index: torch.Tensor) -> torch.Tensor:
+        """Aggregated features ``[K, L * C * r^3]`` (r = ``roi_output``)."""
+        crops, inner = self.windows(features, boxes, ref_levels, batch_index)
+        return self.from_windows(crops, inner)
+
+    def classify(self, crops: torch.Tensor, inner: Optional[torch.Tensor]) -> torch.Tensor:
+        """Logits ``[K]`` from cached :meth:`windows` output."""
+        if crops.shape[0] == 0:
+            return crops.new_zeros((0,))
+        return self.classifier(self.from_windows(crops, inner)).squeeze(1)
 
     def forward(self, features: Sequence[torch.Tensor], boxes: torch.Tensor, ref_levels: torch.Tensor,
                 batch_index: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,12 @@ def roi_align_3d(
         out = roi_align_3d(feats, rois, (2, 2, 2), spatial_scale=0.25)  # [1, 32, 2, 2, 2]
     """
     pooled_d, pooled_h, pooled_w = _triple(output_size)
+    if input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(input.device.type):
+        # The autocast path computes in float32 (as torchvision's autocast kernels do): box
+        # corners in half precision would be off by up to a quarter of a feature cell.
+        with torch.autocast(input.device.type, enabled=False):
+            out = roi_align_3d(input.float(), rois.float(), output_size, spatial_scale, sampling_ratio, aligned)
+        return out.to(input.dtype)
     _check_args(input, rois)
     if _loader.use_compiled(input.device.type):
         return torch.ops.lesion_detector.roi_align_3d(

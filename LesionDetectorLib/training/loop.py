@@ -89,13 +89,15 @@ def stage_at(config: ModelConfig, progress: float, iteration: int) -> str:
     return "joint"
 
 
-def mine_hard_regions(model, scans: List[CachedScan], tile, device, min_score: float = 0.5):
-    """ABS: false positives (score >= ``min_score``, centre outside every nodule) and missed nodules."""
-    from .validation import detect_cached
+def mine_hard_regions(model, scans: List[CachedScan], config: ModelConfig, device, min_score: float = 0.5):
+    """ABS: false positives (score >= ``min_score``, centre outside every nodule) and missed nodules,
+    found by the detection engine (``validation.detect_cached``)."""
+    from .validation import detect_cached, engine_settings_for
 
+    settings = engine_settings_for(config)
     regions = []
     for i, scan in enumerate(scans):
-        det = detect_cached(model, scan, tile, device=device)
+        det = detect_cached(model, scan, settings, device)
         det = det[det[:, 4] >= min_score]
         for r in det:
             d = np.linalg.norm(scan.boxes[:, :3] - r[:3], axis=1) if len(scan.boxes) else np.array([np.inf])
@@ -145,7 +147,7 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
     while state["epoch"] < total_epochs and not stop:
         epoch = state["epoch"]
         if epoch >= opts.epochs and opts.abs_epochs and not state["abs_done"]:
-            dataset.hard_regions = mine_hard_regions(model, train_scans, config.crop_size, device)
+            dataset.hard_regions = mine_hard_regions(model, train_scans, config, device)
             dataset.hard_fraction = opts.abs_hard_fraction if dataset.hard_regions else 0.0
             state["abs_done"] = True
             log.info("ABS: %d hard regions", len(dataset.hard_regions))
@@ -226,13 +228,9 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
 
 
 def _validation(model, val_scans, config, device):
-    from .validation import validate
+    from .validation import engine_settings_for, validate
 
-    was = model.training
-    try:
-        return validate(model, val_scans, config.crop_size, device)
-    finally:
-        model.train(was)
+    return validate(model, val_scans, engine_settings_for(config), device)
 
 
 def _save_model(model, directory: Path, opts: TrainOptions, state, result) -> None:

@@ -1,57 +1,82 @@
-"""Validation during training: sliding-window detection on cached scans -> LUNA16 CPM.
+"""Validation during training: the detection engine on cached scans -> LUNA16 CPM.
 
-Tiles come from ``inference.sliding_window`` (the same tiling as the Detector); each tile's
-detections are kept only where the tile owns their centre, then 3-D NMS merges the scan.
+Detection runs :class:`~LesionDetectorLib.inference.engine.DetectionEngine`, the code the
+:class:`~LesionDetectorLib.inference.Detector` runs (same tiling, overlap, padding rule,
+score fusion, NMS and one-mark-per-lesion merge), so the CPM and the operating points
+measured here hold for the detector that later applies them.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..inference.sliding_window import extract_tile, plan_tiles
-from ..model.nms import nms_3d
+from ..inference.engine import DetectionEngine, EngineSettings
 from .cache import CachedScan
 from .sampler import PAD_VALUE
 
 
+def engine_settings_for(config: Any, tile: Optional[Sequence[int]] = None, **overrides: Any) -> EngineSettings:
+    """Engine settings of a model being trained: its config's NMS, the training crop as the tile
+    unless ``tile`` is given (precision fp32 unless overridden: validation must not depend on
+    the CPU it runs on)."""
+    from dataclasses import asdict
+
+    config_dict = asdict(config) if not isinstance(config, Mapping) else dict(config)
+    card = {"config": config_dict}
+    overrides.setdefault("precision", "fp32")
+    return EngineSettings.from_card(card, tile=tuple(tile) if tile is not None else None, **overrides)
+
+
 @torch.no_grad()
-def detect_cached(model: torch.nn.Module, scan: CachedScan, tile: Sequence[int], overlap: int = 16,
-                  device: torch.device = torch.device("cpu"), nms_iou: float = 0.1) -> np.ndarray:
-    """``[K, 5]`` rows (z, y, x, d, score) in the scan's crop voxels, by decreasing score."""
+def detect_cached(model: torch.nn.Module, scan: CachedScan, settings: EngineSettings,
+                  device: torch.device = torch.device("cpu")) -> np.ndarray:
+    """``[K, 7]`` rows (z, y, x, d, score, score_rpn, score_fprn) in the scan's crop voxels, by
+    decreasing score."""
+    was = model.training
     model.eval()
-    rows = []
-    for t in plan_tiles(scan.image.shape, tuple(tile), overlap):
-        x = torch.from_numpy(extract_tile(np.asarray(scan.image, dtype=np.float32), t, PAD_VALUE))[None, None]
-        out = model(x.to(device))[0]
-        r = torch.cat([out["boxes"], out["scores"][:, None]], 1).float().cpu().numpy()
-        r[:, :3] += np.asarray(t.start)
-        rows.append(r[t.owns(r[:, :3])])
-    rows = np.concatenate(rows) if rows else np.zeros((0, 5))
-    if not len(rows):
-        return rows
-    keep = nms_3d(torch.from_numpy(rows[:, :4]), torch.from_numpy(rows[:, 4]), nms_iou).numpy()
-    return rows[keep]
+    try:
+        engine = DetectionEngine(model, settings, device)
+        return engine.detect(np.asarray(scan.image, dtype=np.float32), PAD_VALUE).rows
+    finally:
+        model.train(was)
 
 
-def validate(model: torch.nn.Module, scans: List[CachedScan], tile: Sequence[int],
+def scan_truth(scan: CachedScan) -> Tuple[List[tuple], List[tuple]]:
+    """The scan's nodules and excluded findings as LUNA16 rows ``(uid, x, y, z, diameter)``."""
+    annotations, excluded = [], []
+    for b in scan.boxes:
+        x, y, z = scan.to_world(b[:3])[0]
+        annotations.append((scan.uid, x, y, z, float(b[3])))
+    for b in scan.excluded:
+        x, y, z = scan.to_world(b[:3])[0]
+        excluded.append((scan.uid, x, y, z, float(b[3])))
+    return annotations, excluded
+
+
+def marks_in_world(scan: CachedScan, rows: np.ndarray) -> List[Dict[str, float]]:
+    """Engine rows -> mark dicts with world LPS centres and both branch scores."""
+    marks = []
+    for r in np.asarray(rows).reshape(-1, 7):
+        x, y, z = scan.to_world(r[:3])[0]
+        marks.append({"seriesuid": scan.uid, "x": float(x), "y": float(y), "z": float(z), "d": float(r[3]),
+                      "score": float(r[4]), "score_rpn": float(r[5]), "score_fprn": float(r[6])})
+    return marks
+
+
+def validate(model: torch.nn.Module, scans: List[CachedScan], settings: EngineSettings,
              device: torch.device = torch.device("cpu")) -> Tuple[Dict[str, float], object]:
     """CPM etc. of ``model`` on ``scans`` (LUNA16 rules via ``evaluation.evaluate_luna16``)."""
     from ..evaluation import evaluate_luna16
 
     annotations, excluded, predictions = [], [], []
     for scan in scans:
-        for b in scan.boxes:
-            x, y, z = scan.to_world(b[:3])[0]
-            annotations.append((scan.uid, x, y, z, float(b[3])))
-        for b in scan.excluded:
-            x, y, z = scan.to_world(b[:3])[0]
-            excluded.append((scan.uid, x, y, z, float(b[3])))
-        det = detect_cached(model, scan, tile, device=device)
-        for r in det:
-            x, y, z = scan.to_world(r[:3])[0]
-            predictions.append((scan.uid, x, y, z, float(r[4])))
+        a, e = scan_truth(scan)
+        annotations += a
+        excluded += e
+        for m in marks_in_world(scan, detect_cached(model, scan, settings, device)):
+            predictions.append((scan.uid, m["x"], m["y"], m["z"], m["score"]))
     if not annotations:
         return {"cpm": float("nan")}, None
     result = evaluate_luna16(annotations, excluded, [s.uid for s in scans], predictions, bootstrap=0)
