@@ -264,7 +264,7 @@ def gather_predictions(pred_dir: Path, seriesuids: List[str], out_csv: Path) -> 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.luna16_evaluation import evaluate_luna16
     from ..luna16_format import read_predictions
-    from ..evaluation.report import write_report
+    from ..evaluation.report_luna16 import write_report
 
     if getattr(args, "dataset", "luna16") == "deeplesion":
         from .evaluate_deeplesion import run_deeplesion

@@ -18,7 +18,7 @@ At most ``--max-marks`` marks per chunk are kept, by LUNA16's official cap (mark
 first one over the cap go too: :func:`LesionDetectorLib.luna16_format.cap_marks`; <= 0 keeps all).
 Metrics: :func:`LesionDetectorLib.evaluation.deeplesion_metrics.evaluate_deeplesion` (LUNA16
 hit criterion, FP rates per evaluated chunk). Writes ``report.json``, ``report.md`` and
-``froc.png`` into ``--out`` (:mod:`LesionDetectorLib.evaluation.deeplesion_report`).
+``froc.png`` into ``--out`` (:mod:`LesionDetectorLib.evaluation.report_deeplesion`).
 """
 from __future__ import annotations
 
@@ -123,8 +123,8 @@ def _warn_if_lung_model(args) -> None:
 
 # ------------------------------------------------------------------------------------ run
 def run_deeplesion(args: argparse.Namespace) -> int:
-    from ..evaluation.deeplesion_metrics import evaluate_deeplesion
-    from ..evaluation.deeplesion_report import curve_points, write_deeplesion_report
+    from ..evaluation.deeplesion_metrics import curve_points, evaluate_deeplesion
+    from ..evaluation.report_deeplesion import write_deeplesion_report
     from ..luna16_format import cap_predictions
 
     check_args(args)

@@ -154,3 +154,15 @@ def evaluate_deeplesion(lesions: Iterable[DeepLesionLesion], detections: Iterabl
     if not small:
         raise EvaluationInputError(f"deeplesion: every lesion is >= {large_mm:g} mm, nothing left without them")
     return DeepLesionResult(all_lesions=full, without_large=_subset(small, large, image_ids, predictions, fp_rates))
+
+
+#: FP-per-image grid of the dense FROC curves (log-spaced, 1/8 .. 16, with Table V's rates on it).
+CURVE_FPS = np.unique(np.concatenate([np.geomspace(0.125, 16.0, 449), DEEPLESION_FP_RATES]))
+
+
+def curve_points(lesions: Iterable[DeepLesionLesion], detections: Iterable, image_ids: Sequence[str],
+                 fps: Sequence[float] = CURVE_FPS) -> Dict[str, Dict[float, float]]:
+    """Dense FROC curves ``{"all", "without_large"} -> {fp_rate: sensitivity}`` (for the figure of
+    :func:`.report_deeplesion.plot_deeplesion_froc`)."""
+    dense = evaluate_deeplesion(lesions, detections, image_ids, fp_rates=[float(f) for f in fps])
+    return {"all": dense.all_lesions.sensitivities, "without_large": dense.without_large.sensitivities}

@@ -12,14 +12,13 @@ FP/scan are what the FROC reports at that threshold.
   below the target (most sensitive within the FP budget). When even the top-scored vertex
   exceeds it, the threshold is just above the highest probability (nothing is flagged).
 
-The patient flag of the detection pipeline reads the ``threshold`` of these entries.
+The patient flag of the detection pipeline reads the ``threshold`` of these entries. This module
+computes only; ``operating_points.json`` is written by :mod:`.report_luna16`.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -104,10 +103,3 @@ def operating_points(matching: Matching, sensitivity_targets: Sequence[float] = 
 
 def operating_points_dict(points: Dict[str, OperatingPoint]) -> Dict[str, Dict[str, Union[float, bool]]]:
     return {k: p.to_dict() for k, p in points.items()}
-
-
-def write_operating_points(points: Dict[str, OperatingPoint], path: Union[str, Path]) -> Path:
-    """Write ``operating_points.json`` atomically (the model card and patient flag read it)."""
-    from .report import atomic_write_text
-
-    return atomic_write_text(Path(path), json.dumps(operating_points_dict(points), indent=2) + "\n")

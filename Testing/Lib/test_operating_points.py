@@ -4,7 +4,8 @@ import json
 import pytest
 
 from LesionDetectorLib.evaluation import evaluate_luna16, match_candidates
-from LesionDetectorLib.evaluation.operating_points import operating_points, write_operating_points
+from LesionDetectorLib.evaluation.operating_points import operating_points
+from LesionDetectorLib.evaluation.report_luna16 import write_operating_points
 from LesionDetectorLib.luna16_format import as_annotations, as_predictions
 
 # 2 scans, 10 nodules; events (prob: kind): .99 FP, .9 TP, .85 TP, .8 FP, .7 TP x6 (tie), .6 FP, .5 TP, .4 FP x3

@@ -15,32 +15,22 @@ Each of ``all`` / ``without_large`` holds ``n_images``, ``n_lesions``, ``sensiti
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from ..version import __version__
-from .deeplesion_metrics import (DEEPLESION_FP_RATES, LARGE_LESION_MM, SIZE_BUCKETS, DeepLesionResult,
-                                 SubsetMetrics, evaluate_deeplesion)
-from ..atomic import atomic_write_text
-from .report import _clean
+from .deeplesion_metrics import LARGE_LESION_MM, SIZE_BUCKETS, DeepLesionResult, SubsetMetrics
+from .report import clean_json, fmt, froc_axes, new_figure, rate_key, save_png, write_json, write_markdown
 
 REPORT_SCHEMA = "lesion-detector/deeplesion-evaluation"
 REPORT_SCHEMA_VERSION = "1.0"
-#: FP-per-image grid of the FROC figure (log-spaced, 1/8 .. 16, with Table V's rates on it).
-CURVE_FPS = np.unique(np.concatenate([np.geomspace(0.125, 16.0, 449), DEEPLESION_FP_RATES]))
+#: FP-per-image ticks of the FROC figure: LUNA16's 1/8 .. 8 and Table V's 16.
+_FIGURE_TICKS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 _SUBSETS = (("all", "All lesions"), ("without_large", f"Without lesions >= {LARGE_LESION_MM:g} mm (*)"))
-
-
-def curve_points(lesions: Iterable, detections: Iterable, image_ids: Sequence[str],
-                 fps: Sequence[float] = CURVE_FPS) -> Dict[str, Dict[float, float]]:
-    """Dense FROC curves ``{"all", "without_large"} -> {fp_rate: sensitivity}`` for :func:`plot_deeplesion_froc`."""
-    dense = evaluate_deeplesion(lesions, detections, image_ids, fp_rates=[float(f) for f in fps])
-    return {"all": dense.all_lesions.sensitivities, "without_large": dense.without_large.sensitivities}
 
 
 def report_dict(result: DeepLesionResult, inputs: Optional[Dict[str, str]] = None,
@@ -56,15 +46,11 @@ def report_dict(result: DeepLesionResult, inputs: Optional[Dict[str, str]] = Non
     }
     if inputs:
         out["inputs"] = dict(inputs)
-    return _clean(out)
-
-
-def _fmt(x: Optional[float], digits: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(float(x)) else f"{x:.{digits}f}"
+    return clean_json(out)
 
 
 def _rate_header(rates: Sequence[float]) -> Sequence[str]:
-    return [f"{r:g}" for r in rates]
+    return [rate_key(r) for r in rates]
 
 
 def _group_table(m: SubsetMetrics, groups: Dict[str, Dict[float, float]], rates: Sequence[float],
@@ -73,7 +59,7 @@ def _group_table(m: SubsetMetrics, groups: Dict[str, Dict[float, float]], rates:
              "|---|---|" + "---|" * len(rates)]
     for name, sens in groups.items():
         lines.append(f"| {name} | {m.lesion_counts.get(name, 0)} | "
-                     + " | ".join(_fmt(sens.get(r)) for r in rates) + " |")
+                     + " | ".join(fmt(sens.get(r)) for r in rates) + " |")
     if not groups:
         lines.append("| (none) | 0 | " + " | ".join("n/a" for _ in rates) + " |")
     return lines
@@ -94,8 +80,8 @@ def report_markdown(result: DeepLesionResult, counts: Optional[Dict[str, Any]] =
              "|---|---|" + "---|" * (len(rates) + 2)]
     for key, label in _SUBSETS:
         m = a if key == "all" else w
-        lines.append(f"| {label} | {m.n_lesions} | " + " | ".join(_fmt(m.sensitivities[r]) for r in rates)
-                     + f" | **{_fmt(m.average)}** | {_fmt(m.froc)} |")
+        lines.append(f"| {label} | {m.n_lesions} | " + " | ".join(fmt(m.sensitivities[r]) for r in rates)
+                     + f" | **{fmt(m.average)}** | {fmt(m.froc)} |")
     lines += ["", "## Table VI: sensitivity by lesion type and by long diameter", "",
               "A group's sensitivity is read at the thresholds of the whole set's FP rate (false positives have "
               "no type or size).", ""]
@@ -116,10 +102,9 @@ def report_markdown(result: DeepLesionResult, counts: Optional[Dict[str, Any]] =
 def plot_deeplesion_froc(result: DeepLesionResult, path: Union[str, Path],
                          curves: Optional[Dict[str, Dict[float, float]]] = None) -> Path:
     """FROC curves with and without the large lesions on a log2 FP/image axis (1/8 .. 16) and the
-    Table V points marked; without ``curves`` (:func:`curve_points`) only the points are drawn."""
-    from .plots import _figure, _save
-
-    fig = _figure()
+    Table V points marked; without ``curves`` (:func:`.deeplesion_metrics.curve_points`) only the
+    points are drawn."""
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     styles = {"all": ("tab:blue", "o"), "without_large": ("tab:orange", "s")}
     for key, label in _SUBSETS:
@@ -137,19 +122,10 @@ def plot_deeplesion_froc(result: DeepLesionResult, path: Union[str, Path],
         for r in rates:
             ax.annotate(f"{m.sensitivities[r]:.3f}", (r, m.sensitivities[r]), textcoords="offset points",
                         xytext=(0, -13 if key == "all" else 7), ha="center", fontsize=7, color=colour)
-    ticks = [0.125, 0.25, 0.5, 1, 2, 4, 8, 16]
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks)
-    ax.set_xticklabels(["1/8", "1/4", "1/2", "1", "2", "4", "8", "16"])
-    ax.set_xlim(ticks[0], ticks[-1])
-    ax.set_ylim(0, 1.02)
-    ax.set_yticks(np.arange(0, 1.01, 0.1))
-    ax.set_xlabel("Average number of false positives per image (scan chunk)")
-    ax.set_ylabel("Sensitivity")
+    froc_axes(ax, _FIGURE_TICKS, "Average number of false positives per image (scan chunk)", y_max=1.02)
     ax.set_title(f"DeepLesion FROC — {result.all_lesions.n_images} chunks")
-    ax.grid(True, which="both", alpha=0.4)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_deeplesion_report(result: DeepLesionResult, out_dir: Union[str, Path],
@@ -159,8 +135,7 @@ def write_deeplesion_report(result: DeepLesionResult, out_dir: Union[str, Path],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return {
-        "report.json": atomic_write_text(out / "report.json",
-                                         json.dumps(report_dict(result, inputs, counts), indent=2) + "\n"),
-        "report.md": atomic_write_text(out / "report.md", report_markdown(result, counts)),
+        "report.json": write_json(out / "report.json", report_dict(result, inputs, counts)),
+        "report.md": write_markdown(out / "report.md", report_markdown(result, counts)),
         "froc.png": plot_deeplesion_froc(result, out / "froc.png", curves),
     }
