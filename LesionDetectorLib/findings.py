@@ -1,4 +1,4 @@
-"""Findings: the result of detection on one scan (schema ``lesion-detector/findings`` v1.0).
+"""Findings: the result of detection on one scan (schema ``lesion-detector/findings`` v1.1; reads 1.0).
 
 Every exporter reads this object; its dictionary form is the findings JSON documented in
 ``docs/architecture.md`` and ``docs/findings.schema.json``. World coordinates are LPS mm.
@@ -12,7 +12,7 @@ from numbers import Real
 from typing import Any, Dict, List, Mapping, Optional
 
 SCHEMA_NAME = "lesion-detector/findings"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"   # 1.1 adds the optional characterization / lung_rads keys
 REVIEW_STATES = ("unreviewed", "accepted", "rejected")
 
 
@@ -23,6 +23,9 @@ class Candidate:
     ``center_lps`` is ``[x, y, z]`` in LPS mm; ``diameter_mm`` the predicted diameter;
     ``score`` the mean of ``score_rpn`` and ``score_fprn`` (paper, section III-C);
     ``rank`` 1 = highest score; ``id`` a stable label (``"N<rank>"`` at detection time).
+    ``characterization``: set by :func:`LesionDetectorLib.characterization.characterize`
+    (``type``, ``calcified``, ``volume_ml``, ``long_axis_mm``, ``short_axis_mm``,
+    ``mean_diameter_mm``, ``solid_component_mm``, ``mean_hu``, ``lung_rads`` ...), else None.
     """
     id: str
     rank: int
@@ -32,6 +35,7 @@ class Candidate:
     score_rpn: float
     score_fprn: float
     review: str = "unreviewed"
+    characterization: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if self.review not in REVIEW_STATES:
@@ -64,6 +68,7 @@ class Findings:
     provenance: Dict[str, Any]
     operating_point: Dict[str, Any]
     timings_s: Dict[str, float] = field(default_factory=dict)
+    lung_rads: Optional[Dict[str, Any]] = None      # patient level: {category, finding_id}
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -88,7 +93,7 @@ class Findings:
         self.candidate(candidate_id).review = state
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        doc = {
             "schema": SCHEMA_NAME,
             "schema_version": SCHEMA_VERSION,
             "volume": copy.deepcopy(self.volume),
@@ -97,8 +102,11 @@ class Findings:
             "operating_point": copy.deepcopy(self.operating_point),
             "patient_flag": copy.deepcopy(self.patient_flag),
             "timings_s": dict(self.timings_s),
-            "candidates": [asdict(c) for c in self.candidates],
+            "candidates": [_candidate_dict(c) for c in self.candidates],
         }
+        if self.lung_rads is not None:
+            doc["lung_rads"] = copy.deepcopy(self.lung_rads)
+        return doc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Findings":
@@ -116,6 +124,7 @@ class Findings:
             provenance=dict(data["provenance"]),
             operating_point=dict(data["operating_point"]),
             timings_s=dict(data.get("timings_s", {})),
+            lung_rads=copy.deepcopy(data.get("lung_rads")),
         )
 
     def summary_table(self, limit: int = 10) -> str:
@@ -128,14 +137,33 @@ class Findings:
                 f"threshold {thr_text}, max score {top_text})")
         if flag.get("reason"):
             head += f"\n  {flag['reason']}"
-        lines = [head, "", "| rank | id | x (L) | y (P) | z (S) | diam mm | score | rpn | fprn | review |",
-                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        if self.lung_rads is not None:
+            lr = self.lung_rads
+            head += (f"\nLung-RADS v2022 (baseline, computed): {lr.get('category')}"
+                     + (f" from {lr['finding_id']}" if lr.get("finding_id") else " (no characterized nodule)"))
+        lines = [head, "", "| rank | id | x (L) | y (P) | z (S) | diam mm | score | rpn | fprn | review "
+                           "| type | mean diam mm | vol mL | Lung-RADS |",
+                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|"]
         for c in self.candidates[:limit]:
             x, y, z = c.center_lps
+            ch = c.characterization or {}
+            kind = ch.get("type") or "-"
+            if ch.get("calcified"):
+                kind += " (calcified)"
+            size = "-" if ch.get("mean_diameter_mm") is None else f"{ch['mean_diameter_mm']:.1f}"
+            vol = "-" if ch.get("volume_ml") is None else f"{ch['volume_ml']:.3f}"
             lines.append(f"| {c.rank} | {c.id} | {x:.1f} | {y:.1f} | {z:.1f} | {c.diameter_mm:.1f} | "
-                         f"{c.score:.3f} | {c.score_rpn:.3f} | {c.score_fprn:.3f} | {c.review} |")
+                         f"{c.score:.3f} | {c.score_rpn:.3f} | {c.score_fprn:.3f} | {c.review} "
+                         f"| {kind} | {size} | {vol} | {ch.get('lung_rads') or '-'} |")
         if len(self.candidates) > limit:
             lines.append(f"... {len(self.candidates) - limit} more candidates in the exports")
         if not self.candidates:
-            lines.append("| - | no candidates | | | | | | | | |")
+            lines.append("| - | no candidates | | | | | | | | | | | | |")
         return "\n".join(lines)
+
+
+def _candidate_dict(c: Candidate) -> Dict[str, Any]:
+    d = asdict(c)
+    if d.get("characterization") is None:      # a 1.0-shaped candidate stays 1.0-shaped
+        d.pop("characterization", None)
+    return d

@@ -1,4 +1,4 @@
-"""Findings JSON (schema ``lesion-detector/findings`` v1.0, ``docs/findings.schema.json``).
+"""Findings JSON (schema ``lesion-detector/findings`` v1.1, ``docs/findings.schema.json``).
 
 :func:`validate_findings_dict` is a small hand-written checker of that schema (no
 ``jsonschema`` dependency); :func:`read_findings_json` validates before building
@@ -12,6 +12,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, List, Mapping
 
+from ..characterization.lung_rads import CATEGORY_ORDER, NODULE_TYPES
 from ..findings import REVIEW_STATES, SCHEMA_NAME, SCHEMA_VERSION, Findings
 from .atomic import PathLike, atomic_write_text
 
@@ -28,7 +29,7 @@ def _is_number(v: Any) -> bool:
 
 
 def validate_findings_dict(doc: Mapping[str, Any]) -> List[str]:
-    """Problems found in ``doc`` against schema v1.0 (empty list = valid)."""
+    """Problems found in ``doc`` against schema v1.x (empty list = valid; 1.0 files are valid 1.1)."""
     errors: List[str] = []
 
     def need(obj: Any, where: str, keys) -> bool:
@@ -86,7 +87,8 @@ def validate_findings_dict(doc: Mapping[str, Any]) -> List[str]:
         if not need(c, where, ("id", "rank", "center_lps", "diameter_mm", "score", "score_rpn",
                                "score_fprn", "review")):
             continue
-        extra = set(c) - {"id", "rank", "center_lps", "diameter_mm", "score", "score_rpn", "score_fprn", "review"}
+        extra = set(c) - {"id", "rank", "center_lps", "diameter_mm", "score", "score_rpn", "score_fprn", "review",
+                          "characterization"}
         if extra:
             errors.append(f"{where}: unknown keys {sorted(extra)}")
         if not isinstance(c.get("id"), str):
@@ -103,6 +105,38 @@ def validate_findings_dict(doc: Mapping[str, Any]) -> List[str]:
                 errors.append(f"{where}.{k}: must be a probability in [0, 1]")
         if c.get("review") not in REVIEW_STATES:
             errors.append(f"{where}.review: must be one of {REVIEW_STATES}")
+        if c.get("characterization") is not None:
+            errors.extend(_characterization_errors(c["characterization"], f"{where}.characterization"))
+    if doc.get("lung_rads") is not None:
+        lr = doc["lung_rads"]
+        if need(lr, "lung_rads", ("category", "finding_id")):
+            if lr.get("category") not in CATEGORY_ORDER:
+                errors.append(f"lung_rads.category: must be one of {CATEGORY_ORDER}")
+            if not (lr.get("finding_id") is None or isinstance(lr.get("finding_id"), str)):
+                errors.append("lung_rads.finding_id: must be a candidate id or null")
+    return errors
+
+
+_CHARACTERIZATION_KEYS = ("type", "calcified", "volume_ml", "long_axis_mm", "short_axis_mm", "mean_diameter_mm",
+                          "solid_component_mm", "mean_hu", "lung_rads")
+
+
+def _characterization_errors(ch: Any, where: str) -> List[str]:
+    """Schema 1.1 ``characterization`` block: the nine keys of the issue, numbers or null."""
+    if not isinstance(ch, Mapping):
+        return [f"{where}: must be an object or null"]
+    errors = [f"{where}: missing {k!r}" for k in _CHARACTERIZATION_KEYS if k not in ch]
+    if ch.get("type") not in (*NODULE_TYPES, None):
+        errors.append(f"{where}.type: must be one of {NODULE_TYPES} or null")
+    if not isinstance(ch.get("calcified"), (bool, type(None))):
+        errors.append(f"{where}.calcified: must be true, false or null")
+    for k in ("volume_ml", "long_axis_mm", "short_axis_mm", "mean_diameter_mm", "solid_component_mm"):
+        if not (ch.get(k) is None or (_is_number(ch[k]) and ch[k] >= 0)):
+            errors.append(f"{where}.{k}: must be a number >= 0 or null")
+    if not _number_or_none(ch.get("mean_hu")):
+        errors.append(f"{where}.mean_hu: must be a number or null")
+    if ch.get("lung_rads") not in (*CATEGORY_ORDER, None):
+        errors.append(f"{where}.lung_rads: must be one of {CATEGORY_ORDER} or null")
     return errors
 
 
@@ -111,7 +145,7 @@ def write_findings_json(findings: Findings, path: PathLike) -> Path:
     doc = findings.to_dict()
     problems = validate_findings_dict(doc)
     if problems:
-        raise ValueError("findings do not match schema v1.0: " + "; ".join(problems))
+        raise ValueError(f"findings do not match schema v{SCHEMA_VERSION}: " + "; ".join(problems))
     try:
         text = json.dumps(doc, indent=2, allow_nan=False)
     except ValueError as exc:  # NaN / infinity in an extra field

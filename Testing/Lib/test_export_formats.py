@@ -57,7 +57,7 @@ def test_findings_json_round_trips_and_validates(tmp_path):
     f = make_findings()
     path = write_findings_json(f, tmp_path / "findings.json")
     doc = json.loads(path.read_text())
-    assert doc["schema"] == "lesion-detector/findings" and doc["schema_version"] == "1.0"
+    assert doc["schema"] == "lesion-detector/findings" and doc["schema_version"] == "1.1"
     assert validate_findings_dict(doc) == []
     back = read_findings_json(path)
     assert back.to_dict() == f.to_dict()

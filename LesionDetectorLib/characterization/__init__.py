@@ -1,0 +1,165 @@
+"""Nodule characterization: segmentation, size, volume, type and Lung-RADS v2022 per finding.
+
+Computed, not learned: masks come from an adaptive-threshold region with morphological
+vessel and chest-wall separation (:mod:`.segmentation`), sizes from the masks
+(:mod:`.measurements`), type and calcification from the HU values inside them
+(:mod:`.nodule_type`), and categories from the ACR's baseline rules (:mod:`.lung_rads`).
+No part of it was trained on labelled nodules; its agreement with known truth is measured
+by ``benchmarks/bench_characterization.py`` (``docs/benchmarks.md``).
+
+Entry points: :func:`characterize` (findings in, findings with ``characterization`` per
+candidate and a patient-level ``lung_rads`` out) and :func:`characterize_with_masks`, which
+also returns the masks; :func:`label_volume` puts those masks into the scan's grid (label
+``i`` = the ``i``-th segmented finding) for DICOM SEG or a Slicer segmentation.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..coordinates import index_to_world, resample_to_grid, sub_grid, world_to_index
+from ..findings import Candidate, Findings
+from ..volume import Volume
+from .lung_rads import CATEGORY_ORDER, baseline_category, category_rank, exam_category
+from .measurements import axial_diameters, mean_hu, round_tenth, volume_ml
+from .nodule_type import NoduleType, classify
+from .segmentation import NoduleSegmentation, segment_nodule
+
+__all__ = ["characterize", "characterize_with_masks", "characterize_candidate", "label_volume",
+           "exam_lung_rads", "selected_for_characterization", "CharacterizedNodule", "CATEGORY_ORDER",
+           "baseline_category", "category_rank"]
+
+
+@dataclass
+class CharacterizedNodule:
+    """One finding's segmentation and its measurements (``characterization`` dict of the findings)."""
+
+    candidate_id: str
+    segmentation: NoduleSegmentation
+    nodule_type: Optional[NoduleType]
+    characterization: Dict[str, Any]
+
+
+def characterize_candidate(volume: Volume, candidate: Candidate,
+                           lung_mask: Optional[Union[np.ndarray, Volume]] = None) -> CharacterizedNodule:
+    """Segment and measure one candidate. An empty mask gives a characterization of nulls."""
+    seg = segment_nodule(volume, candidate.center_lps, candidate.diameter_mm, lung_mask, candidate.id)
+    empty = {"type": None, "calcified": None, "volume_ml": None, "long_axis_mm": None, "short_axis_mm": None,
+             "mean_diameter_mm": None, "solid_component_mm": None, "mean_hu": None, "lung_rads": None,
+             "note": "no nodule could be segmented at this candidate"}
+    if seg.empty:
+        return CharacterizedNodule(candidate.id, seg, None, empty)
+    s = seg.spacing_mm
+    kind = classify(seg)
+    axes = axial_diameters(seg.mask, s)
+    solid_mm = None
+    if kind.type == "part-solid":
+        solid_axes = axial_diameters(kind.solid_mask, s)
+        solid_mm = solid_axes.mean_diameter_mm if solid_axes is not None else 0.0
+    ch = {
+        "type": kind.type,
+        "calcified": bool(kind.calcified),
+        "volume_ml": round(volume_ml(seg.mask, s), 4),
+        "long_axis_mm": axes.long_axis_mm,
+        "short_axis_mm": axes.short_axis_mm,
+        "mean_diameter_mm": axes.mean_diameter_mm,
+        "solid_component_mm": solid_mm,
+        "mean_hu": round(float(mean_hu(seg.hu, seg.mask)), 1),
+        "lung_rads": baseline_category(kind.type, axes.mean_diameter_mm, solid_mm, kind.calcified,
+                                       kind.juxta_pleural, kind.perifissural, kind.benign_shape),
+        "juxta_pleural": bool(kind.juxta_pleural),
+        "perifissural": bool(kind.perifissural),
+        "benign_shape": bool(kind.benign_shape),
+        "calcification_pattern": kind.calcification_pattern,
+        "solid_fraction": round(kind.solid_fraction, 3),
+        "threshold_hu": round(seg.threshold_hu, 1),
+        "method": "computed: adaptive threshold + morphology (not learned)",
+    }
+    return CharacterizedNodule(candidate.id, seg, kind, ch)
+
+
+def selected_for_characterization(findings: Findings, min_score: Optional[float] = None) -> List[Candidate]:
+    """Candidates worth a reader's measurement: not rejected, and accepted or at/above ``min_score``.
+
+    ``min_score`` defaults to the findings' operating-point threshold (every candidate when
+    the model card has none). Detection keeps up to 100 low-score candidates; characterizing
+    all of them would let false positives set the exam's Lung-RADS category.
+    """
+    thr = findings.operating_point.get("threshold") if min_score is None else min_score
+    return [c for c in findings.candidates
+            if c.review != "rejected" and (c.review == "accepted" or thr is None or c.score >= float(thr))]
+
+
+def exam_lung_rads(findings: Findings) -> Dict[str, Any]:
+    """Patient-level ``{category, finding_id}``: the highest category among characterized,
+    non-rejected candidates (recompute it after a review changes)."""
+    return exam_category((c.id, (c.characterization or {}).get("lung_rads"))
+                         for c in findings.candidates if c.review != "rejected")
+
+
+def characterize_with_masks(volume: Volume, findings: Findings,
+                            lung_mask: Optional[Union[np.ndarray, Volume]] = None,
+                            min_score: Optional[float] = None,
+                            candidate_ids: Optional[Sequence[str]] = None) -> Tuple[Findings, List[CharacterizedNodule]]:
+    """:func:`characterize` that also returns each characterized finding's mask.
+
+    ``candidate_ids`` overrides the selection (:func:`selected_for_characterization`).
+    """
+    t0 = time.perf_counter()
+    out = copy.deepcopy(findings)
+    if candidate_ids is not None:
+        wanted = set(candidate_ids)
+        chosen = [c for c in out.candidates if c.id in wanted]
+    else:
+        chosen = selected_for_characterization(out, min_score)
+    results = []
+    for c in chosen:
+        result = characterize_candidate(volume, c, lung_mask)
+        c.characterization = result.characterization
+        results.append(result)
+    out.lung_rads = exam_lung_rads(out)
+    out.timings_s = dict(out.timings_s, characterize=round(time.perf_counter() - t0, 3))
+    return out, results
+
+
+def characterize(volume: Volume, findings: Findings, lung_mask: Optional[Union[np.ndarray, Volume]] = None,
+                 min_score: Optional[float] = None) -> Findings:
+    """Findings with ``characterization`` on each selected candidate and the exam's ``lung_rads``.
+
+    ``volume``: the scan the findings were detected on (HU); ``lung_mask``: optional bool
+    array in its grid or a mask :class:`Volume`, which helps separate nodules wider than
+    ~25 mm from the chest wall. The input findings are not modified.
+    """
+    return characterize_with_masks(volume, findings, lung_mask, min_score)[0]
+
+
+def label_volume(volume: Volume, nodules: Sequence[CharacterizedNodule]) -> Volume:
+    """A uint8 label :class:`Volume` in ``volume``'s grid: label ``i + 1`` = ``nodules[i]``'s mask
+    (nearest-neighbour from the sub-mm local grid; a later nodule wins where two overlap)."""
+    if len(nodules) > 255:
+        raise ValueError("at most 255 nodules fit in a uint8 label volume")
+    labels = np.zeros(volume.array.shape, np.uint8)
+    for i, n in enumerate(nodules):
+        if n.segmentation.empty:
+            continue
+        g = n.segmentation.geometry
+        local = Volume(n.segmentation.mask.astype(np.uint8), g.spacing, g.origin, g.direction)
+        # Only the scan voxels under the local cube: its corners' indices bound the sub-grid.
+        corners = np.array([[a, b, c] for a in (0, g.shape_zyx[0] - 1) for b in (0, g.shape_zyx[1] - 1)
+                            for c in (0, g.shape_zyx[2] - 1)], dtype=np.float64)
+        idx = world_to_index(volume, index_to_world(g, corners))
+        lo = np.clip(np.floor(idx.min(0)).astype(int), 0, np.array(labels.shape))
+        hi = np.clip(np.ceil(idx.max(0)).astype(int) + 1, 0, np.array(labels.shape))
+        if np.any(hi <= lo):
+            continue
+        box = sub_grid(volume, lo, hi - lo)
+        # A scan voxel is in the nodule when its centre is (nearest sample of the finer local mask).
+        hit = resample_to_grid(local, box, "nearest", 0, np.uint8).array > 0
+        view = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        view[hit] = i + 1
+    return Volume(labels, volume.spacing, volume.origin, volume.direction,
+                  {"labels": {i + 1: n.candidate_id for i, n in enumerate(nodules)}})

@@ -1,0 +1,104 @@
+"""Size measurements of a segmented nodule, as Lung-RADS v2022 and the Fleischner Society measure.
+
+* ``long_axis_mm``: the longest in-plane diameter over the mask's *axial* slices (the
+  slices of the scan: the local grid keeps the scan's direction);
+* ``short_axis_mm``: on that same slice, the width perpendicular to the long axis;
+* both to one decimal place, and ``mean_diameter_mm`` = their mean, rounded to 0.1 mm
+  (ACR Lung-RADS v2022: "measure both the long and short axis to one decimal point in mm,
+  and report mean nodule diameter to one decimal point"). v2022 also allows the plane that
+  shows the nodule largest; this library measures on axial slices, as the issue and most
+  screening reports do.
+
+A pixel covers ``spacing`` mm, so a chord between pixel centres is one pixel shorter than the
+object it spans; one spacing is added to both axes (a disc of diameter D measures D, not D - s).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, Delaunay, QhullError
+
+
+def round_tenth(value: float) -> float:
+    """Round half up to 0.1 mm (Lung-RADS reports one decimal; Python's round() would go half-to-even)."""
+    return math.floor(float(value) * 10.0 + 0.5 + 1e-9) / 10.0
+
+
+@dataclass(frozen=True)
+class AxialDiameters:
+    long_axis_mm: float
+    short_axis_mm: float
+    slice_index: int          # local z index of the measured slice
+
+    @property
+    def mean_diameter_mm(self) -> float:
+        return round_tenth(0.5 * (self.long_axis_mm + self.short_axis_mm))
+
+
+def _slice_axes(points: np.ndarray, spacing: float):
+    """(long, short, direction) of one slice's pixel centres ``[N, 2]`` in mm."""
+    if len(points) == 1:
+        return spacing, spacing, np.array([1.0, 0.0])
+    try:
+        hull = points[ConvexHull(points).vertices]
+    except (QhullError, ValueError):     # collinear pixels: a one-pixel-wide line
+        hull = points
+    diff = hull[:, None, :] - hull[None, :, :]
+    dist = np.sqrt((diff ** 2).sum(-1))
+    i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    long_mm = float(dist[i, j])
+    u = (hull[j] - hull[i]) / max(long_mm, 1e-9)
+    perp = np.array([-u[1], u[0]])
+    proj = points @ perp
+    short_mm = float(proj.max() - proj.min())
+    return long_mm + spacing, short_mm + spacing, u
+
+
+def axial_diameters(mask: np.ndarray, spacing_mm: float) -> Optional[AxialDiameters]:
+    """Long and short axis (mm, 0.1 mm) of ``mask`` ``[z, y, x]`` on an isotropic ``spacing_mm`` grid."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return None
+    best = None
+    for z in np.nonzero(mask.any(axis=(1, 2)))[0]:
+        pts = np.argwhere(mask[z]).astype(np.float64) * spacing_mm
+        long_mm, short_mm, _ = _slice_axes(pts, spacing_mm)
+        if best is None or long_mm > best[0]:
+            best = (long_mm, short_mm, int(z))
+    return AxialDiameters(round_tenth(best[0]), round_tenth(min(best[1], best[0])), best[2])
+
+
+def volume_ml(mask: np.ndarray, spacing_mm: float) -> float:
+    """Mask volume in millilitres (1 mL = 1000 mm^3)."""
+    return float(np.count_nonzero(mask)) * float(spacing_mm) ** 3 / 1000.0
+
+
+def mean_hu(hu: np.ndarray, mask: np.ndarray) -> Optional[float]:
+    """Mean attenuation (HU) inside the mask; None for an empty mask."""
+    mask = np.asarray(mask, bool)
+    return float(np.mean(hu[mask])) if mask.any() else None
+
+
+def solidity(mask: np.ndarray) -> float:
+    """Voxels of the mask over voxels of its discrete convex hull (1 = convex; lobulated or spiculated < 1).
+
+    Both counts are of voxel centres, so a digitised sphere scores ~1 at any resolution.
+    """
+    mask = np.asarray(mask, bool)
+    count = int(np.count_nonzero(mask))
+    if count < 8:
+        return 1.0
+    # The hull of the border voxels is the hull of the mask, at a fraction of the points.
+    border = np.argwhere(mask & ~ndimage.binary_erosion(mask)).astype(np.float64)
+    lo, hi = border.min(0).astype(int), border.max(0).astype(int) + 1
+    try:
+        tri = Delaunay(border)
+    except (QhullError, ValueError):      # flat (one slice thick): convex in its plane, call it smooth
+        return 1.0
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
+    inside = int(np.count_nonzero(tri.find_simplex(grid.astype(np.float64), tol=1e-6) >= 0))
+    return float(min(1.0, count / max(inside, 1)))
