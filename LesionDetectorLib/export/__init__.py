@@ -7,7 +7,6 @@
 ``write_dicom_sr``            DICOM SR TID 1500 (needs highdicom; DICOM input only)
 ============================  ==================================================
 """
-from .atomic import atomic_open, atomic_path, atomic_write_text
 from .findings_json import read_findings_json, validate_findings_dict, write_findings_json
 from .luna16_csv import write_luna16_csv
 from .markups import markups_document, write_markups_json
@@ -20,6 +19,6 @@ def write_dicom_sr(findings, path, source_files):
     return _write(findings, path, source_files)
 
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_text", "markups_document", "read_findings_json",
+__all__ = ["markups_document", "read_findings_json",
            "validate_findings_dict", "write_dicom_sr", "write_findings_json", "write_luna16_csv",
            "write_markups_json"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..findings import Findings
 from ..version import __version__
-from .atomic import PathLike, atomic_path
+from ..atomic import PathLike, atomic_path
 
 SCHEME = "99LESDET"
 _FLAG_CODES = {"positive": "LD-FLAG-POS", "likely negative": "LD-FLAG-NEG", "unavailable": "LD-FLAG-NA"}

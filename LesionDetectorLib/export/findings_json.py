@@ -14,7 +14,7 @@ from typing import Any, List, Mapping
 
 from ..characterization.lung_rads import CATEGORY_ORDER, NODULE_TYPES
 from ..findings import REVIEW_STATES, SCHEMA_NAME, SCHEMA_VERSION, Findings
-from .atomic import PathLike, atomic_write_text
+from ..atomic import PathLike, atomic_write_text
 
 FLAG_STATES = ("positive", "likely negative", "unavailable")
 

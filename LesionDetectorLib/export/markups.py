@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..findings import REVIEW_STATES, Candidate, Findings
-from .atomic import PathLike, atomic_write_text
+from ..atomic import PathLike, atomic_write_text
 
 MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
                   "Resources/Schema/markups-schema-v1.0.3.json#")

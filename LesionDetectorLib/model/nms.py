@@ -24,16 +24,3 @@ def nms_3d(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> t
         keep.append(i)
         suppressed |= iou[i] > iou_threshold
     return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
-
-
-def batched_nms_3d(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
-                   iou_threshold: float) -> torch.Tensor:
-    """NMS independently within each group id of ``groups [K]`` (e.g. image index)."""
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    keep = []
-    for g in torch.unique(groups):
-        idx = torch.nonzero(groups == g).flatten()
-        keep.append(idx[nms_3d(boxes[idx], scores[idx], iou_threshold)])
-    keep = torch.cat(keep)
-    return keep[torch.argsort(scores[keep], descending=True)]

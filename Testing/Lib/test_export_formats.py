@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from LesionDetectorLib.export import (atomic_open, read_findings_json, validate_findings_dict,
-                                      write_findings_json, write_luna16_csv, write_markups_json)
+from LesionDetectorLib.atomic import atomic_open
+from LesionDetectorLib.export import (read_findings_json, validate_findings_dict, write_findings_json,
+                                      write_luna16_csv, write_markups_json)
 from LesionDetectorLib.findings import Candidate, Findings
 
 REPO = Path(__file__).resolve().parents[2]
