@@ -171,14 +171,15 @@ def _special_name(st: Optional[os.stat_result]) -> str:
     return "special file"
 
 
-def _describe_unusable(raw: str, kind: str, st: Optional[os.stat_result]) -> str:
+def _describe_unusable(kind: str, st: Optional[os.stat_result]) -> str:
+    """What is wrong with a path that is not a regular file or folder (the path itself is named by the caller)."""
     if kind == "missing":
-        return f"the path '{raw}' does not exist"
+        return "does not exist"
     if kind == "loop":
-        return f"'{raw}' is a symbolic link loop (it points back to itself)"
+        return "is a symbolic link loop (it points back to itself)"
     if kind == "unreadable":
-        return f"'{raw}' cannot be accessed (permission denied or I/O error)"
-    return f"'{raw}' is a {_special_name(st)}, not a regular file or folder; it was not opened"
+        return "cannot be accessed (permission denied or I/O error)"
+    return f"is a {_special_name(st)}, not a regular file or folder; it was not opened"
 
 
 def _has_dicom(folder: str) -> bool:
@@ -224,11 +225,11 @@ def expand_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str
                 continue
             found = _search_folder(Path(raw), skipped)
             if not found:
-                problems.append((raw, f"the folder '{raw}' holds no DICOM series and no scan files "
+                problems.append((raw, f"the folder holds no DICOM series and no scan files "
                                       f"({', '.join(SCAN_SUFFIXES)})"))
             scans.extend(found)
         else:
-            problems.append((raw, _describe_unusable(raw, kind, st)))
+            problems.append((raw, _describe_unusable(kind, st)))
     return scans, problems, skipped
 
 
@@ -243,7 +244,7 @@ def _search_folder(top: Path, skipped: List[str]) -> List[Path]:
             dirs[:] = []
             continue
         if (st.st_dev, st.st_ino) in seen:  # a symbolic link back to a folder already searched
-            skipped.append(f"'{root}' links back to a folder already searched (a link loop); skipped")
+            skipped.append(f"{root}: links back to a folder already searched (a link loop); skipped")
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -261,7 +262,7 @@ def _search_folder(top: Path, skipped: List[str]) -> List[Path]:
             elif kind == "dir":
                 continue
             elif kind != "missing" or os.path.islink(path):
-                skipped.append(_describe_unusable(path, kind, fst) + "; skipped")
+                skipped.append(f"{path}: {_describe_unusable(kind, fst)}; skipped")
     return found
 
 
@@ -351,9 +352,6 @@ def assign_folders(scans: Sequence[ScanInput], out: Path) -> List[str]:
             name = plain
         else:
             name = suffixed
-        if name in claimed:  # the same input given twice
-            names.append(name)
-            continue
         claimed.add(name)
         names.append(name)
     return names
@@ -621,14 +619,14 @@ class BatchRunner:
 
     def plan(self, scans: Sequence[Path]) -> List[Tuple[ScanInput, Path, bool]]:
         """``(scan, folder, done)`` per scan; ``done`` when unchanged results exist (and no overwrite)."""
-        inputs = [ScanInput.from_path(s, self.options.series_uid) for s in scans]
+        inputs: List[ScanInput] = []
+        for path in scans:
+            scan = ScanInput.from_path(path, self.options.series_uid)
+            if all(scan.input_id != other.input_id for other in inputs):  # the same input listed twice
+                inputs.append(scan)
         names = assign_folders(inputs, self.out)
         plan = []
-        seen = set()
         for scan, name in zip(inputs, names):
-            if (scan.input_id, name) in seen:
-                continue  # the same input listed twice
-            seen.add((scan.input_id, name))
             folder = self.out / name
             rec = _recorded_identity(folder) if _belongs_to(folder, scan) else None
             done = rec is not None and not self.options.overwrite and rec.get("input_stamp") in (None, scan.stamp)
@@ -640,7 +638,16 @@ class BatchRunner:
     def run(self, inputs: Sequence[str]) -> int:
         """Process every input; returns the exit code (0 ok, 2 some input failed on bad input, 1 internal)."""
         opts = self.options
+        created = not self.out.exists()
         check_output_folder(self.out)
+        try:
+            return self._run(inputs)
+        finally:
+            if created and self.out.is_dir() and not any(self.out.iterdir()):
+                self.out.rmdir()  # nothing was written: leave no trace of the run
+
+    def _run(self, inputs: Sequence[str]) -> int:
+        opts = self.options
         scans, problems, skipped = expand_inputs(inputs)
         if (opts.series_uid or opts.lung_mask) and len(scans) + len(problems) > 1:
             raise ValueError("--series-uid and --lung-mask apply to a single input scan")

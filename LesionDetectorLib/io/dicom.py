@@ -8,9 +8,14 @@ SOPInstanceUIDs so a DICOM SR can reference the exact images the detector saw.
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import stat
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,10 +24,13 @@ from ..errors import VolumeError
 from ..volume import Volume
 from .validate import check_dimensions, check_geometry, check_modality
 
+log = logging.getLogger("lesion-detector.io")
+
 # DICOM tags as GDCM spells them in SimpleITK metadata dictionaries.
 TAGS = {
     "SeriesInstanceUID": "0020|000e",
     "StudyInstanceUID": "0020|000d",
+    "StudyDate": "0008|0020",         # follow-up comparison: interval between two studies
     "FrameOfReferenceUID": "0020|0052",
     "Modality": "0008|0060",
     "PatientID": "0010|0020",
@@ -63,11 +71,58 @@ def _tag(reader, key: str, index: Optional[int] = None) -> str:
     return reader.GetMetaData(index, key).strip() if reader.HasMetaDataKey(index, key) else ""
 
 
+@contextmanager
+def _scannable(folder: str) -> Iterator[str]:
+    """``folder``, or a private view of only its regular files when it also holds FIFOs, devices,
+    sockets or broken links: with one of those present GDCM silently returns a random subset of
+    a series' files (seen with ITK 5.4)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        yield folder
+        return
+    regular = []
+    special = []
+    for entry in entries:
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError:
+            special.append(entry.name)
+            continue
+        if stat.S_ISREG(mode):
+            regular.append(entry)
+        elif not stat.S_ISDIR(mode):
+            special.append(entry.name)
+    if not special:
+        yield folder
+        return
+    log.warning("'%s': %d entries that are not regular files (%s) were skipped", folder, len(special),
+                ", ".join(sorted(special)[:3]))
+    view = tempfile.mkdtemp(prefix="lesion-detector-dicom-")
+    try:
+        for entry in regular:
+            os.symlink(os.path.abspath(entry.path), os.path.join(view, entry.name))
+        yield view
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
+
+
+def _series_files(folder: str, view: str, uid: str) -> List[str]:
+    """The files of series ``uid`` found in ``view``, as paths inside ``folder``."""
+    return [os.path.join(folder, os.path.basename(f))
+            for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(view, uid)]
+
+
 def list_dicom_series(folder: str) -> List[SeriesInfo]:
     """The DICOM series directly inside ``folder`` (subfolders are not searched)."""
+    with _scannable(str(folder)) as view:
+        return _list_series(str(folder), view)
+
+
+def _list_series(folder: str, view: str) -> List[SeriesInfo]:
     infos = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(view):
+        files = _series_files(folder, view, uid)
         try:
             first = _header(files[0])
             modality, description = _tag(first, TAGS["Modality"]), _tag(first, TAGS["SeriesDescription"])
@@ -77,8 +132,8 @@ def list_dicom_series(folder: str) -> List[SeriesInfo]:
     return infos
 
 
-def _choose_series(folder: str, series_uid: Optional[str]) -> str:
-    series = list_dicom_series(folder)
+def _choose_series(folder: str, view: str, series_uid: Optional[str]) -> str:
+    series = _list_series(folder, view)
     if not series and _count_dicom_files(folder):
         raise VolumeError(f"The folder '{folder}' holds {_count_dicom_files(folder)} DICOM file(s) but no image: "
                           "none has pixel data (no PixelData element; e.g. a report, a presentation state or "
@@ -138,8 +193,9 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None, allow_non_c
     by slice position, matching array index z) and ``sop_instance_uids`` (same order).
     """
     folder = str(folder)
-    uid = _choose_series(folder, series_uid)
-    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+    with _scannable(folder) as view:
+        uid = _choose_series(folder, view, series_uid)
+        files = _series_files(folder, view, uid)
     source = f"The DICOM series {uid} in '{folder}'"
 
     # Cheap checks on the first header before reading every slice's pixels.

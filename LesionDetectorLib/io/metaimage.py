@@ -72,8 +72,8 @@ def check_metaimage(path: str, source: str) -> None:
     except OSError as exc:
         raise VolumeError(f"{source} cannot be read: {exc.strerror or exc}.") from exc
     if "ElementDataFile" not in h or "DimSize" not in h:
-        raise VolumeError(f"{source} is not a MetaImage: its header has no "
-                          f"{'ElementDataFile' if 'ElementDataFile' in h or 'DimSize' in h else 'DimSize'} line.")
+        missing = "DimSize" if "DimSize" not in h else "ElementDataFile"
+        raise VolumeError(f"{source} is not a MetaImage: its header has no {missing} line.")
     try:
         dims = [int(v) for v in h["DimSize"].split()]
     except ValueError:
