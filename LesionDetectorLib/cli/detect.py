@@ -81,9 +81,10 @@ def register(subparsers) -> None:
                    help=f"output folder (default ./{DEFAULT_OUT})")
     p.add_argument("--model", default="luna16-synthetic", help="bundled model name or model directory")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--operating-point", default="sensitivity_0.95",
-                   choices=("sensitivity_0.90", "sensitivity_0.95", "fp_per_scan_1", "fp_per_scan_4"),
-                   help="model-card operating point deciding the patient flag (default sensitivity_0.95)")
+    from ..inference.patient_flag import DEFAULT_OPERATING_POINT, OPERATING_POINT_NAMES
+
+    p.add_argument("--operating-point", default=DEFAULT_OPERATING_POINT, choices=OPERATING_POINT_NAMES,
+                   help=f"model-card operating point deciding the patient flag (default {DEFAULT_OPERATING_POINT})")
     p.add_argument("--format", default="auto", type=format_list,
                    help=f"comma-separated exports: {', '.join(FORMATS)} (sr for DICOM input only, needs the "
                         "'dicom' extra); 'auto' (default) = all of them, sr when highdicom is installed; "

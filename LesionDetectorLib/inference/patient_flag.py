@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-OPERATING_POINT_NAMES = ("sensitivity_0.90", "sensitivity_0.95", "fp_per_scan_1", "fp_per_scan_4")
+#: The one table of operating points: model-card key -> the label users see. The keys are the ones
+#: ``evaluation.operating_points`` measures (a test holds them equal); the CLI's choices come from
+#: here, and the Slicer module, which must load before the library is installed, keeps its own
+#: label table that a test compares with this one.
+OPERATING_POINTS = {
+    "sensitivity_0.95": "Sensitivity 0.95",
+    "sensitivity_0.90": "Sensitivity 0.90",
+    "fp_per_scan_1": "1 FP per scan",
+    "fp_per_scan_4": "4 FP per scan",
+}
+OPERATING_POINT_NAMES = tuple(OPERATING_POINTS)
 DEFAULT_OPERATING_POINT = "sensitivity_0.95"
 
 
