@@ -63,6 +63,16 @@ def register(subparsers) -> None:
                    help="epochs of one Anchor Based Sampling round (default: 30 when the preset has ABS)")
     p.add_argument("--cache", help="preprocessed-scan cache directory (default <out>/cache)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    g = p.add_argument_group("FPRN phase on a frozen backbone (a CPU-affordable departure from joint training; "
+                             "see LesionDetectorLib.training.fprn_phase)")
+    g.add_argument("--fprn-phase", action="store_true",
+                   help="train only the FPRN of --init on RoIs harvested once from the frozen backbone and RPN, "
+                        "with balanced batches and online hard-negative mining")
+    g.add_argument("--init", default=None, help="model directory or bundled model name to start from (--fprn-phase)")
+    g.add_argument("--fprn-steps", type=int, default=150, help="training steps per FPRN-phase epoch (150)")
+    g.add_argument("--fprn-batch", type=int, default=192, help="RoIs per FPRN-phase step (192)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="harvest precision (auto: bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA)")
     p.set_defaults(func=run)
 
 
@@ -83,9 +93,11 @@ def check_args(args: argparse.Namespace) -> None:
                              f"(expected DL_info.csv and Images_png/<patient>_<study>_<series>/<slice>.png)")
     elif args.val_data and not Path(args.val_data).is_dir():
         raise FileNotFoundError(f"--val-data {args.val_data} is not a directory")
-    for name in ("epochs", "iters", "batch_size"):
-        if getattr(args, name) < 1:
+    for name in ("epochs", "iters", "batch_size", "fprn_steps", "fprn_batch"):
+        if getattr(args, name, 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if getattr(args, "fprn_phase", False) and not args.init:
+        raise ValueError("--fprn-phase needs --init MODEL (the trained model whose backbone is frozen)")
 
 
 def build_caches(args: argparse.Namespace, cache: Path, progress: bool) -> Tuple[List[str], List[str]]:
@@ -173,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         if not scans:
             raise ValueError("no training scans left (check --data and --folds)" if args.dataset == "luna16" else
                              f"no usable scan chunk in DL_info.csv's Train split under {args.data}")
+        if args.fprn_phase:
+            return _run_fprn_phase(args, scans, val, out, info)
         abs_epochs = args.abs_epochs if args.abs_epochs is not None else (30 if config.abs_rounds else 0)
         opts = TrainOptions(out_dir=str(out), epochs=args.epochs, iters_per_epoch=args.iters,
                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -187,4 +201,17 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(summary))
     finally:
         shutdown(info)
+    return 0
+
+
+def _run_fprn_phase(args: argparse.Namespace, scans, val, out: Path, info) -> int:
+    from ..training.fprn_phase import FprnPhaseOptions, run_fprn_phase
+
+    if info.enabled:
+        raise ValueError("--fprn-phase runs in one process (its harvest is cheap); start it without torchrun")
+    opts = FprnPhaseOptions(epochs=args.epochs, steps_per_epoch=args.fprn_steps, batch_size=args.fprn_batch,
+                            lr=args.lr, seed=args.seed, time_budget_min=args.time_budget_min)
+    summary = run_fprn_phase(args.init, scans, val, str(out), opts, device=info.device, precision=args.precision,
+                             card_extra={"command": shlex.join(["lesion-detector", *getattr(args, "argv", [])])})
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=float))
     return 0
