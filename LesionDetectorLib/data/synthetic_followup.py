@@ -59,11 +59,13 @@ def _rotation(angles_rad) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _pose(rng: np.random.Generator, center_lps: np.ndarray, moved: bool) -> np.ndarray:
+def _pose(rng: np.random.Generator, center_lps: np.ndarray, moved: bool, breath_hold: bool) -> np.ndarray:
     """4x4 prior -> current world transform: breath-hold scaling about the lungs, rotation, shift."""
     if not moved:
         return np.eye(4)
     scale = np.diag([rng.uniform(0.98, 1.02), rng.uniform(0.98, 1.02), rng.uniform(0.95, 1.05)])
+    if not breath_hold:
+        scale = np.eye(3)
     rot = _rotation(np.radians(rng.uniform(2.0, 6.0, 3) * rng.choice([-1.0, 1.0], 3)))
     shift = rng.uniform(5.0, 20.0, 3) * rng.choice([-1.0, 1.0], 3)
     a = rot @ scale
@@ -98,11 +100,13 @@ def _current_grid(rng: np.random.Generator, prior: Volume, m: np.ndarray, size: 
 
 
 def generate_followup(seed: int, index: int = 0, size: str = "small", interval_days: int = 365,
-                      changes: Optional[List[str]] = None, moved: bool = True) -> SyntheticFollowup:
+                      changes: Optional[List[str]] = None, moved: bool = True,
+                      breath_hold: bool = True) -> SyntheticFollowup:
     """Prior and current scans of one synthetic patient (deterministic in ``(seed, index)``).
 
     ``changes``: the added nodules' statuses (default: one of each of :data:`CHANGES` plus one
-    more ``grown``); ``moved=False`` keeps pose, breath-hold and grid (only the nodules change).
+    more ``grown``); ``moved=False`` keeps pose, breath-hold and grid (only the nodules change);
+    ``breath_hold=False`` makes the move rigid (rotation + translation + another grid).
     """
     library = load_shape_library()
     scan = generate_scan(seed, index, size, library)
@@ -166,7 +170,7 @@ def generate_followup(seed: int, index: int = 0, size: str = "small", interval_d
                     "StudyDate": PRIOR_DATE.strftime("%Y%m%d")})
     second = Volume(hu_current, scan.spacing, scan.origin, scan.direction)
     lung_center = index_to_world(prior, np.argwhere(lung).mean(0))
-    m = _pose(rng, lung_center, moved)
+    m = _pose(rng, lung_center, moved, breath_hold)
     if moved:
         grid = _current_grid(rng, prior, m, size)
         inverse = np.linalg.inv(m)
@@ -193,6 +197,33 @@ def generate_followup(seed: int, index: int = 0, size: str = "small", interval_d
                           "prior_center_lps": None if p is None else p.tolist(),
                           "current_center_lps": None if c is None else c.tolist(),
                           "prior_diameter_mm": e["prior_diameter_mm"], "current_diameter_mm": e["current_diameter_mm"]})
-    info = {"seed": seed, "index": index, "size": size, "moved": moved, "noise_std": noise_std,
+    info = {"seed": seed, "index": index, "size": size, "moved": moved, "breath_hold": breath_hold,
+            "noise_std": noise_std,
             "prior_spacing": scan.spacing.tolist(), "current_spacing": current.spacing.tolist()}
     return SyntheticFollowup(prior, current, out_truth, int(interval_days), m, info)
+
+
+def truth_findings(pair: SyntheticFollowup, which: str) -> "Findings":
+    """Findings holding the true nodules of the ``prior`` or ``current`` scan (score 1), for tests and
+    benchmarks that measure registration, measurement and matching without detection errors.
+    ``diameter_mm`` is the true diameter (the detector's would be an estimate too)."""
+    from ..coordinates import Geometry
+    from ..findings import Candidate, Findings
+
+    if which not in ("prior", "current"):
+        raise ValueError("which must be 'prior' or 'current'")
+    volume = pair.prior if which == "prior" else pair.current
+    cands = []
+    for t in pair.truth:
+        center, d = t[f"{which}_center_lps"], t[f"{which}_diameter_mm"]
+        if center is None:
+            continue
+        cands.append(Candidate(t["id"], len(cands) + 1, center, float(d), 1.0, 1.0, 1.0))
+    g = Geometry.of(volume).to_dict()
+    return Findings(cands, {"status": "positive" if cands else "likely negative", "operating_point": None,
+                            "threshold": None, "max_score": 1.0 if cands else None},
+                    {"name": "synthetic truth", "version": "0", "sha256": ""},
+                    {"source": volume.metadata.get("source"), "series_uid": volume.metadata.get("SeriesInstanceUID"),
+                     "frame_of_reference_uid": None, **g},
+                    {"library_version": "", "notes": ["truth of a synthetic follow-up pair"]},
+                    {"name": None, "threshold": None})

@@ -20,19 +20,22 @@ Management Recommendations", CHEST 2024;165(3):738-753. Rules used here:
   the 3-month follow-up); 4B stays 4B (further work-up is a clinical decision).
 * Benign calcification (complete, central, popcorn, concentric) -> 1.
 
-The baseline (no-prior) size categories come from one function: the characterization
-package's when it is installed (:mod:`LesionDetectorLib.characterization.lung_rads`), else
-:func:`baseline_category` here, which follows the same v2022 table. This module judges one
-nodule at a time; the exam category is the highest over the current scan's nodules.
+The baseline (no-prior) size table exists once, in
+:mod:`LesionDetectorLib.characterization.lung_rads` (``baseline_category``); this module adds
+the comparison rules on top of it and judges one nodule at a time. Sizes are rounded to 0.1 mm
+first, as Lung-RADS reports them. The exam category is the highest over the current nodules.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional
 
+from ..characterization.lung_rads import NODULE_TYPES, category_rank
+from ..characterization.lung_rads import baseline_category as _baseline_category
+from ..characterization.measurements import round_tenth
+
 GROWTH_MM = 1.5                 # v2022: mean diameter increase > 1.5 mm ...
 GROWTH_WINDOW_DAYS = 365.25     # ... within a 12-month interval
-CATEGORY_ORDER = ("0", "1", "2", "3", "4A", "4B", "4X")
 MANAGEMENT = {
     "1": "continue annual screening with LDCT in 12 months",
     "2": "continue annual screening with LDCT in 12 months",
@@ -41,85 +44,52 @@ MANAGEMENT = {
     "4B": "diagnostic chest CT with or without contrast; PET/CT and/or tissue sampling depending on the "
           "probability of malignancy and comorbidities",
 }
-NODULE_TYPES = ("solid", "part-solid", "ground-glass")
 
 
 @dataclass(frozen=True)
 class NoduleForRads:
-    """The measurements a Lung-RADS rule needs (mm). ``type`` is solid / part-solid / ground-glass."""
+    """The measurements a Lung-RADS rule needs (mm). ``type`` is solid / part-solid / ground-glass;
+    ``assumed`` says what was not measured (e.g. the type of a finding without characterization)."""
 
     mean_diameter_mm: float
     type: str = "solid"
     solid_component_mm: Optional[float] = None
     calcified: bool = False
+    assumed: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean_diameter_mm", round_tenth(self.mean_diameter_mm))
+        if self.solid_component_mm is not None:
+            object.__setattr__(self, "solid_component_mm", round_tenth(self.solid_component_mm))
+        if self.type not in NODULE_TYPES:
+            raise ValueError(f"nodule type must be one of {NODULE_TYPES}, got {self.type!r}")
 
     @classmethod
     def from_characterization(cls, ch: Optional[Dict[str, Any]], mean_diameter_mm: float) -> "NoduleForRads":
-        """From a candidate's ``characterization`` block, or just a diameter (then ``solid`` is assumed)."""
+        """From a candidate's ``characterization`` block; without a measured type, ``solid`` is
+        assumed (the most common type, and the one the detector was trained on) and recorded."""
         ch = ch or {}
-        kind = ch.get("type") or "solid"
+        kind = ch.get("type")
+        assumed = None
         if kind not in NODULE_TYPES:
-            kind = "solid"
+            kind, assumed = "solid", "type not measured: solid assumed"
         solid = ch.get("solid_component_mm")
-        return cls(float(mean_diameter_mm), kind, None if solid is None else float(solid), bool(ch.get("calcified")))
+        if kind == "part-solid" and solid is None:
+            solid, assumed = 0.0, "solid component not measured: 0 mm assumed"
+        return cls(float(mean_diameter_mm), kind, None if solid is None else float(solid),
+                   bool(ch.get("calcified")), assumed)
 
 
 def _rads(category: str, rule: str, **extra) -> Dict[str, Any]:
     out = {"category": category, "rule": rule, "management": MANAGEMENT.get(category)}
-    out.update(extra)
+    out.update({k: v for k, v in extra.items() if v is not None})
     return out
 
 
 def baseline_category(nodule: NoduleForRads) -> str:
-    """Lung-RADS v2022 size category of a nodule at baseline (no prior). Delegates to the
-    characterization package when present so the baseline table exists once."""
-    external = _external_baseline()
-    if external is not None:
-        return external(nodule)
-    return _baseline_category_v2022(nodule)
-
-
-def _baseline_category_v2022(n: NoduleForRads) -> str:
-    d = n.mean_diameter_mm
-    if n.calcified:
-        return "1"
-    if n.type == "ground-glass":
-        return "2" if d < 30.0 else "3"
-    if n.type == "part-solid":
-        s = n.solid_component_mm if n.solid_component_mm is not None else 0.0
-        if d < 6.0:
-            return "2"
-        if s < 6.0:
-            return "3"
-        return "4A" if s < 8.0 else "4B"
-    if d < 6.0:
-        return "2"
-    if d < 8.0:
-        return "3"
-    return "4A" if d < 15.0 else "4B"
-
-
-def _external_baseline():
-    """The characterization package's baseline function adapted to :class:`NoduleForRads`, or None."""
-    try:
-        from ..characterization import lung_rads as external  # noqa: F401 - optional sibling package
-    except ImportError:
-        return None
-    fn = getattr(external, "lung_rads_category", None) or getattr(external, "baseline_category", None)
-    if fn is None:
-        return None
-
-    def adapted(n: NoduleForRads) -> str:
-        result = fn({"type": n.type, "mean_diameter_mm": n.mean_diameter_mm,
-                     "solid_component_mm": n.solid_component_mm, "calcified": n.calcified})
-        return str(result["category"] if isinstance(result, dict) else result)
-
-    return adapted
-
-
-def is_growth(diameter_change_mm: Optional[float], interval_days: Optional[float] = None) -> bool:
-    """v2022 growth: mean diameter up by more than 1.5 mm (the interval is recorded, not required)."""
-    return diameter_change_mm is not None and diameter_change_mm > GROWTH_MM
+    """Lung-RADS v2022 baseline size category (the characterization package's table)."""
+    return _baseline_category(nodule.type, nodule.mean_diameter_mm,
+                              nodule.solid_component_mm if nodule.type == "part-solid" else None, nodule.calcified)
 
 
 def followup_category(status: str, current: Optional[NoduleForRads], prior: Optional[NoduleForRads] = None,
@@ -132,14 +102,19 @@ def followup_category(status: str, current: Optional[NoduleForRads], prior: Opti
         return None
     n = current
     if n.calcified:
-        return _rads("1", "benign calcification")
-    if status == "new":
-        return _new_category(n)
-    if status == "grown":
-        return _growing_category(n, prior, interval_days)
-    if status in ("stable", "shrunk"):
-        return _stable_category(n, prior, status)
-    raise ValueError(f"unknown pair status {status!r}")
+        out = _rads("1", "benign calcification")
+    elif status == "new":
+        out = _new_category(n)
+    elif status == "grown":
+        out = _growing_category(n, prior, interval_days)
+    elif status in ("stable", "shrunk"):
+        out = _stable_category(n, prior, status)
+    else:
+        raise ValueError(f"unknown pair status {status!r}")
+    out["type"] = n.type
+    if n.assumed:
+        out["assumed"] = n.assumed
+    return out
 
 
 def _new_category(n: NoduleForRads) -> Dict[str, Any]:
@@ -200,7 +175,7 @@ def _stable_category(n: NoduleForRads, prior: Optional[NoduleForRads], status: s
 
 
 def _rank(category: str) -> int:
-    return CATEGORY_ORDER.index(category)
+    return category_rank(category)
 
 
 def exam_category(pairs_rads: Iterable[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
