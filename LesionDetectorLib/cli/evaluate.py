@@ -82,7 +82,8 @@ def register(subparsers) -> None:
                    help="marks kept per scan, highest probability first; <= 0 keeps all (100, as the challenge)")
     p.add_argument("--froc-rule", default="official", choices=("official", "exact"),
                    help="how sensitivity is read at 1/8 ... 8 FP/scan: official (the challenge script's "
-                        "10001-point grid, nearest point; default) or exact (at the rates themselves)")
+                        "10001-point grid, nearest point; default) or exact (at the rates themselves); the DeepLesion "
+                        "tables always read at their rates")
     p.set_defaults(func=run)
 
 
