@@ -434,9 +434,25 @@ def parse_formats(text: str) -> List[str]:
     return formats
 
 
+def luna16_seriesuid(findings, folder_name: str, series_uid: Optional[str] = None) -> str:
+    """The LUNA16 seriesuid of a scan whose results are in the folder ``folder_name``.
+
+    The scan's series UID (DICOM SeriesInstanceUID, or a LUNA16 ``.mhd`` named by its UID), else
+    ``series_uid`` (``--series-uid``), else the folder name. A UID that was only read from the file
+    name is replaced by the folder name when that file name was taken by another scan (the folder
+    got a ``-<hash>`` suffix), so ``a/scan.mhd`` and ``b/scan.mhd`` never share one.
+    """
+    uid = findings.series_uid or series_uid
+    source = findings.volume.get("source")
+    if uid and source and uid == scan_name(Path(source)) and folder_name != uid:
+        return folder_name
+    return uid or folder_name
+
+
 def write_exports(findings, volume, scan_dir: Path, formats: Iterable[str],
-                  series_uid: Optional[str] = None) -> Tuple[Dict[str, Path], List[str]]:
-    """Write the asked formats into ``scan_dir``, ``findings.json`` last.
+                  series_uid: Optional[str] = None, folder_name: Optional[str] = None
+                  ) -> Tuple[Dict[str, Path], List[str]]:
+    """Write the asked formats into ``scan_dir`` (named ``folder_name`` once committed), ``findings.json`` last.
 
     The DICOM SR is optional: it is written only for DICOM input, and when it cannot be
     written that is returned as a warning instead of failing the scan. Returns
@@ -451,7 +467,7 @@ def write_exports(findings, volume, scan_dir: Path, formats: Iterable[str],
     if "mrk.json" in formats:
         written["mrk.json"] = write_markups_json(findings, scan_dir / FILES["mrk.json"])
     if "csv" in formats:
-        uid = findings.series_uid or series_uid or scan_dir.name
+        uid = luna16_seriesuid(findings, folder_name or scan_dir.name, series_uid)
         written["csv"] = write_luna16_csv([findings], scan_dir / FILES["csv"], series_uids=[uid])
     if "sr" in formats:
         files = volume.metadata.get("dicom_files") if volume is not None else None
@@ -477,10 +493,9 @@ def _finished_folders(out: Path) -> List[Path]:
 def submission_uids(out: Path) -> List[Tuple[Path, Any, str]]:
     """``(folder, findings, seriesuid)`` for every finished scan of ``out``.
 
-    A scan's seriesuid is its series UID (DICOM SeriesInstanceUID or LUNA16 file name) or
-    else its folder name. When several folders carry the same one (``a/scan.mhd`` and
-    ``b/scan.mhd``), the first folder in name order keeps it and the others are named by
-    their folder, so no two scans share a seriesuid.
+    A scan's seriesuid is :func:`luna16_seriesuid` (as in its own ``luna16.csv``). When several
+    folders still carry the same one (two copies of one DICOM series), the first folder in name
+    order keeps it and the others are named by their folder, so no two scans share a seriesuid.
     """
     from .export import read_findings_json
 
@@ -488,7 +503,7 @@ def submission_uids(out: Path) -> List[Tuple[Path, Any, str]]:
     used: set = set()
     for folder in _finished_folders(out):
         findings = read_findings_json(folder / FILES["json"])
-        uid = findings.series_uid or folder.name
+        uid = luna16_seriesuid(findings, folder.name)
         if uid in used:
             uid = folder.name
         used.add(uid)
@@ -596,7 +611,7 @@ class BatchRunner:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_PARTIAL}", dir=folder.parent))
         try:
             written, result.warnings = write_exports(findings, volume, staging, opts.formats,
-                                                     series_uid=opts.series_uid)
+                                                     series_uid=opts.series_uid, folder_name=folder.name)
             _fsync_dir(staging)
             _commit_folder(staging, folder)
         except BaseException:

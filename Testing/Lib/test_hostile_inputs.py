@@ -625,11 +625,12 @@ def test_same_stem_in_one_call_gets_two_folders_and_two_seriesuids(tmp_path, cap
     assert len(folders) == 2 and folders[0] == "scan" and folders[1].startswith("scan-")
     sources = {read_findings_json(out / n / "findings.json").volume["source"] for n in folders}
     assert sources == {a, b}
+    # the scan with the nodule has a row; each scan's own CSV and the submission agree on its seriesuid
     rows = list(csv.DictReader(open(out / "luna16_submission.csv", newline="")))
-    uids = {r["seriesuid"] for r in rows}
-    assert len(rows) >= 1 and uids <= {"scan", folders[1]}
-    by_folder = batch.submission_uids(out)
-    assert len({uid for _, _, uid in by_folder}) == 2
+    with_nodule = next(n for n in folders if read_findings_json(out / n / "findings.json").volume["source"] == a)
+    own = list(csv.DictReader(open(out / with_nodule / "luna16.csv", newline="")))
+    assert [r["seriesuid"] for r in rows] == [r["seriesuid"] for r in own] == [with_nodule]
+    assert sorted(uid for _, _, uid in batch.submission_uids(out)) == folders
     assert_no_partial(out)
 
 
