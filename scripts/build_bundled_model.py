@@ -5,8 +5,9 @@
 
 1. the run's weights are written with a full model card (intended use, limitations, training
    data and budget, inference window);
-2. the model runs over the *validation* set (``lesion-detector evaluate --data``): its operating
-   points (sensitivity 0.90 / 0.95, 1 / 4 FP per scan) go into the card;
+2. the bundled Detector's engine runs over the *validation* set (``evaluation.calibration``): the
+   score fusion with the best validation CPM, its operating points (sensitivity 0.90 / 0.95,
+   1 / 4 FP per scan) and the Platt patient probability go into the card;
 3. the model runs over the *test* set, generated with another seed: CPM, FROC points with
    bootstrap intervals, TNP, and the patient flag at the validation threshold go into the card
    and the report folder (report.md / report.json / froc.png / tnp.png).
@@ -82,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--tile", type=int, default=128, help="inference window (the network is fully convolutional)")
     p.add_argument("--data-note", default="", help="how the training/validation/test sets were generated")
+    p.add_argument("--fusions", nargs="+", default=["mean", "fprn", "geometric", "logistic"],
+                   help="score fusions to choose from on the validation set (mean = the paper's)")
     p.add_argument("--training-note", action="append", default=[], metavar="KEY=VALUE",
                    help="add or replace a field of the card's 'training' (e.g. command=... for a resumed run)")
     args = p.parse_args(argv)
@@ -112,14 +115,29 @@ def main(argv=None) -> int:
     save_pretrained(model, args.out, card)
     card = json.loads((args.out / CARD_FILE).read_text())
 
-    val = _evaluate(args.val, args.out, args.work / "val", bootstrap=0)
-    card["operating_points"] = val["operating_points"]
-    card["validation"] = {"data": str(args.val), "cpm": val["cpm"], "sensitivities": val["sensitivities"],
-                          "n_scans": val.get("n_scans"), "n_nodules": val.get("n_nodules")}
+    # Validation: the bundled Detector's own engine chooses the score fusion and measures the
+    # operating points and the patient probability that this card will apply.
+    from LesionDetectorLib.evaluation.calibration import calibrate, calibration_card_fields, collect_marks
+    from LesionDetectorLib.inference import Detector
+
+    detector = Detector.from_pretrained(args.out, device="cpu")
+    val_set = Luna16Dataset(args.val)
+    marks = collect_marks(detector, val_set, [s.seriesuid for s in val_set], progress=True)
+    cal = calibrate(marks, detector.settings, methods=args.fusions)
+    fields = calibration_card_fields(cal, str(args.val))
+    card["inference"]["score_fusion"] = fields.pop("score_fusion")
+    card.update(fields)
+    card["architecture"] = card["architecture"].replace(
+        "score = mean of RPN and FPRN probabilities",
+        f"score = {cal.fusion.method} fusion of RPN and FPRN probabilities (chosen on validation; the paper's "
+        f"mean is the 'mean' fusion)")
     _write_card(args.out, card)
+    print(json.dumps({"fusion_candidates": cal.candidates, "chosen": cal.fusion.to_dict(),
+                      "patient_probability": cal.patient_probability}, indent=2))
 
     test = _evaluate(args.test, args.out, args.report, bootstrap=1000)
     thr = card["operating_points"]["sensitivity_0.95"]["threshold"]
+    card["test"] = {}
     card["test"] = {"data": str(args.test), "cpm": test["cpm"], "sensitivities": test["sensitivities"],
                     "bootstrap": test.get("bootstrap"), "tnp": test.get("tnp"),
                     "n_scans": test.get("n_scans"), "n_nodules": test.get("n_nodules"),
