@@ -16,7 +16,7 @@ from typing import List, Optional
 from ..errors import CancelledError, LesionDetectorError
 from ..version import __version__
 
-SUBCOMMANDS = ("synth", "detect", "demo", "evaluate", "train", "labels")
+SUBCOMMANDS = ("synth", "detect", "compare", "demo", "evaluate", "train", "labels")
 
 
 def version_text() -> str:

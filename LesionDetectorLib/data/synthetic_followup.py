@@ -220,10 +220,13 @@ def truth_findings(pair: SyntheticFollowup, which: str) -> "Findings":
             continue
         cands.append(Candidate(t["id"], len(cands) + 1, center, float(d), 1.0, 1.0, 1.0))
     g = Geometry.of(volume).to_dict()
-    return Findings(cands, {"status": "positive" if cands else "likely negative", "operating_point": None,
-                            "threshold": None, "max_score": 1.0 if cands else None},
-                    {"name": "synthetic truth", "version": "0", "sha256": ""},
+    return Findings(cands, {"status": "unavailable", "operating_point": None, "threshold": None,
+                            "max_score": 1.0 if cands else None, "reason": "synthetic truth, not a detection"},
+                    {"name": "synthetic-truth", "version": "0", "sha256": "0" * 64},
                     {"source": volume.metadata.get("source"), "series_uid": volume.metadata.get("SeriesInstanceUID"),
                      "frame_of_reference_uid": None, **g},
-                    {"library_version": "", "notes": ["truth of a synthetic follow-up pair"]},
-                    {"name": None, "threshold": None})
+                    {"library_version": "", "torch_version": "none", "device": "none", "op_backend": "none",
+                     "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "notes": ["truth of a synthetic follow-up pair"]},
+                    {"name": None, "threshold": None},
+                    {"read": 0.0, "preprocess": 0.0, "model": 0.0, "postprocess": 0.0, "total": 0.0})
