@@ -138,6 +138,7 @@ if _IN_SLICER_APP:
         exportLuna16: bool = True
         exportFindingsJson: bool = True
         exportDicomSr: bool = False
+        exportTrainingLabels: bool = False
 
 
 #
@@ -469,7 +470,8 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
     def onExportButton(self) -> None:
         p = self._parameterNode
         formats = [key for key, flag in (("markups", p.exportMarkups), ("luna16", p.exportLuna16),
-                                         ("json", p.exportFindingsJson), ("dicom_sr", p.exportDicomSr)) if flag]
+                                         ("json", p.exportFindingsJson), ("dicom_sr", p.exportDicomSr),
+                                         ("labels", p.exportTrainingLabels)) if flag]
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
             written = self.logic.exportResults(p.resultMarkups, p.exportDirectory, formats)
             slicer.util.showStatusMessage(f"Exported {len(written)} file(s) to {p.exportDirectory}", 5000)
@@ -704,9 +706,9 @@ def generateSyntheticSample(seed: int = SAMPLE_SEED, folder: Optional[Path] = No
     ``folder`` defaults to Slicer's cache; a case generated before is reused (it is
     bit-identical for a given seed and library version).
     """
-    import csv
     import subprocess
 
+    from LesionDetectorLib.luna16_format import read_annotations   # no torch: safe in Slicer's process
     from LesionDetectorLogicLib.dependencies import package_version
 
     if folder is None:
@@ -723,9 +725,8 @@ def generateSyntheticSample(seed: int = SAMPLE_SEED, folder: Optional[Path] = No
             raise RuntimeError("generating the synthetic sample failed: "
                                + ((out.stderr.strip().splitlines() or ["no message"])[-1]))
         found = sorted(folder.glob("subset0/*.mhd"))
-    with open(folder / "annotations.csv", newline="") as f:
-        nodules = [{"center_lps": [float(r["coordX"]), float(r["coordY"]), float(r["coordZ"])],
-                    "diameter_mm": float(r["diameter_mm"])} for r in csv.DictReader(f)]
+    nodules = [{"center_lps": [a.x, a.y, a.z], "diameter_mm": a.diameter_mm}
+               for a in read_annotations(folder / "annotations.csv")]
     return found[0], nodules
 
 

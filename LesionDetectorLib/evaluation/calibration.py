@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..inference.engine import EngineSettings, ScoreFusion, postprocess_rows
+from ..luna16_format import COORD_COLUMNS
 
 _EPS = 1e-6
 
@@ -83,8 +84,8 @@ def collect_marks(detector, dataset, seriesuids: Sequence[str], progress: bool =
 def _truth_rows(records) -> List[Tuple[float, float, float, float]]:
     rows = []
     for r in records:
-        if isinstance(r, dict):
-            rows.append((float(r["coordX"]), float(r["coordY"]), float(r["coordZ"]), float(r["diameter_mm"])))
+        if isinstance(r, dict):     # LUNA16 column names
+            rows.append((*(float(r[c]) for c in COORD_COLUMNS), float(r["diameter_mm"])))
         elif hasattr(r, "x"):
             rows.append((float(r.x), float(r.y), float(r.z), float(r.diameter_mm)))
         else:
