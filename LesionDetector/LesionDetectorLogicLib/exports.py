@@ -17,6 +17,7 @@ FORMATS: Dict[str, tuple] = {
     "luna16": (".csv", "LUNA16 submission CSV"),
     "json": (".findings.json", "findings JSON"),
     "dicom_sr": (".sr.dcm", "DICOM SR (TID 1500)"),
+    "labels": ("_training_labels", "training labels (LUNA16 annotations + hard negatives)"),
 }
 
 
@@ -61,6 +62,13 @@ def export_run(markups, folder, formats: Sequence[str], stem: Optional[str] = No
                 raise ValueError("DICOM SR export needs a CT loaded from DICOM (the SR references its images); "
                                  "load the series through the DICOM module or choose another format")
             written.append(Path(lib_export.write_dicom_sr(findings, path, list(dicom_files))))
+        elif fmt == "labels":
+            from LesionDetectorLib.export.review_labels import write_review_labels
+
+            if series_uid:
+                findings.volume["series_uid"] = series_uid
+            result = write_review_labels([findings], path)
+            written += [Path(result[key]) for key in ("annotations", "hard_negatives", "seriesuids")]
     return written
 
 

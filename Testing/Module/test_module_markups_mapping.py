@@ -158,3 +158,17 @@ def test_descriptions_of_older_module_versions_are_read(scene, findings_doc):
     text = m.GetNthControlPointDescription(0)
     assert text.count("review") == 1 and "diameter 8.4 mm" in text
     assert findings_scene.review_of(m, 0) == "accepted"
+
+
+def test_reviewed_run_exports_training_labels(scene, findings_doc, tmp_path):
+    from LesionDetectorLogicLib import exports
+    from LesionDetectorLib.luna16_format import read_annotations
+
+    m = findings_scene.create_result_nodes(scene, None, findings_doc).markups
+    findings_scene.set_review(m, 0, "accepted")
+    findings_scene.set_review(m, 2, "rejected")
+    written = exports.export_run(m, tmp_path, ["labels"], stem="run")
+    assert [p.name for p in written] == ["annotations.csv", "hard_negatives.csv", "seriesuids.csv"]
+    uid = findings_doc["volume"]["series_uid"]
+    assert [(a.seriesuid, a.diameter_mm) for a in read_annotations(written[0])] == [(uid, 8.4)]
+    assert [a.diameter_mm for a in read_annotations(written[1])] == [3.6]
