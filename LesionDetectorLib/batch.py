@@ -1,6 +1,6 @@
 """Batch detection: many scans -> one all-or-nothing result folder per scan, resumable.
 
-:class:`BatchRunner` owns what ``lesion-detector detect`` and ``demo`` do per scan:
+:class:`ScanBatchRunner` owns what ``lesion-detector detect`` and ``demo`` do per scan:
 
 * **inputs** (:func:`expand_inputs`): files, DICOM series folders, folders searched for
   both. Only regular files are opened (a FIFO would block a reader forever); FIFOs,
@@ -17,7 +17,7 @@
 * **optional exports**: a DICOM SR that cannot be written is a ``warning``; the other
   results still land.
 * **events** (:class:`EventSink`): the jsonl progress protocol of ``docs/architecture.md``.
-* **post-detection steps**: :meth:`BatchRunner.analyse` is the one place where steps that
+* **post-detection steps**: :meth:`ScanBatchRunner.analyse` is the one place where steps that
   run on ``(volume, findings)`` after detection and before export are called (``post_detection``).
 
 Checks that need no model (output folder, inputs, scan headers, geometry) run before the
@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -383,11 +384,50 @@ def check_output_folder(out: Path) -> Path:
     return out
 
 
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def recover_interrupted(out: Path) -> List[str]:
+    """Clean up after a run that was killed (SIGKILL, power loss) while writing a scan folder.
+
+    A ``.<name>.partial-<pid>-*`` folder of a dead process is removed; a ``.<name>.old-<pid>-*``
+    folder (previous results moved aside by ``--overwrite``) is put back when ``<name>`` is
+    missing, else removed. Folders of running processes are left alone. Returns what was done.
+    """
+    done = []
+    try:
+        entries = list(os.scandir(out))
+    except OSError:
+        return done
+    for entry in entries:
+        m = _LEFTOVER.match(entry.name)
+        if not m or not entry.is_dir(follow_symlinks=False) or _pid_alive(int(m["pid"])):
+            continue
+        dest = Path(out) / m["name"]
+        if m["kind"] == "old" and not dest.exists():
+            os.rename(entry.path, dest)
+            done.append(f"{dest}: restored the previous results from an interrupted --overwrite")
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            done.append(f"{entry.path}: removed the unfinished folder of an interrupted run")
+    return done
+
+
 def _commit_folder(staging: Path, dest: Path) -> None:
     """Move the complete ``staging`` folder to ``dest``, replacing an older result folder as a whole."""
     old = None
     if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.rename(dest, old)
     try:
         os.rename(staging, dest)
@@ -545,7 +585,7 @@ class ScanResult:
     warnings: List[str] = field(default_factory=list)
 
 
-class BatchRunner:
+class ScanBatchRunner:
     """Run detection over scans into ``out``: one all-or-nothing folder per scan, resumable.
 
     ``detector_factory()`` returns a :class:`~LesionDetectorLib.inference.Detector`; it is called
@@ -608,7 +648,7 @@ class BatchRunner:
         findings.volume["input_stamp"] = scan.stamp
         result = ScanResult(scan, folder, findings)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_PARTIAL}", dir=folder.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_PARTIAL}{os.getpid()}-", dir=folder.parent))
         try:
             written, result.warnings = write_exports(findings, volume, staging, opts.formats,
                                                      series_uid=opts.series_uid, folder_name=folder.name)
@@ -663,6 +703,8 @@ class BatchRunner:
 
     def _run(self, inputs: Sequence[str]) -> int:
         opts = self.options
+        for text in recover_interrupted(self.out):
+            self.sink.warning(text)
         scans, problems, skipped = expand_inputs(inputs)
         if (opts.series_uid or opts.lung_mask) and len(scans) + len(problems) > 1:
             raise ValueError("--series-uid and --lung-mask apply to a single input scan")

@@ -14,7 +14,7 @@ from typing import List
 
 import numpy as np
 
-from ..batch import BatchOptions, BatchRunner, EventSink, ScanInput, check_output_folder, parse_formats, sr_available
+from ..batch import BatchOptions, ScanBatchRunner, EventSink, ScanInput, check_output_folder, parse_formats, sr_available
 from . import detect as detect_cli
 
 DEFAULT_OUT = "lesion-detector-demo"
@@ -62,7 +62,7 @@ def run(args) -> int:
 
     out: Path = check_output_folder(args.out)
     sink = EventSink(args.progress)
-    runner = BatchRunner(out, BatchOptions(formats=parse_formats("auto"), overwrite=True), sink=sink,
+    runner = ScanBatchRunner(out, BatchOptions(formats=parse_formats("auto"), overwrite=True), sink=sink,
                          detector_factory=lambda: detect_cli._load_detector(
                              argparse.Namespace(model=args.model, device=args.device, batch_size=None)))
     runner.load_detector()

@@ -1,6 +1,6 @@
 """``lesion-detector detect``: run the detector on one or more scans and write the exports.
 
-The argparse shell of :class:`LesionDetectorLib.batch.BatchRunner`, which owns the per-scan
+The argparse shell of :class:`LesionDetectorLib.batch.ScanBatchRunner`, which owns the per-scan
 logic: one all-or-nothing folder ``<out>/<scan name>/`` per scan holding ``findings.json``
 (always), ``findings.mrk.json``, ``luna16.csv`` and, for DICOM input, ``findings_sr.dcm``;
 ``<out>/luna16_submission.csv`` over every scan of the output folder. Scans already done are
@@ -19,7 +19,7 @@ import logging
 import math
 from pathlib import Path
 
-from ..batch import (FORMATS, BatchOptions, BatchRunner, EventSink, JsonlLogHandler, parse_formats)
+from ..batch import (FORMATS, BatchOptions, ScanBatchRunner, EventSink, JsonlLogHandler, parse_formats)
 from ..errors import CancelledError, LesionDetectorError
 
 DEFAULT_OUT = "lesion-detector-results"
@@ -126,7 +126,7 @@ def run(args) -> int:
         handler = JsonlLogHandler(sink)
         logging.getLogger("lesion-detector").addHandler(handler)
     try:
-        runner = BatchRunner(args.out, options_from_args(args), lambda: _load_detector(args), sink)
+        runner = ScanBatchRunner(args.out, options_from_args(args), lambda: _load_detector(args), sink)
         return runner.run(args.inputs)
     except (LesionDetectorError, ValueError, FileNotFoundError) as exc:
         if args.progress != "jsonl" or isinstance(exc, CancelledError):

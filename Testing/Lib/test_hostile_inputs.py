@@ -714,6 +714,24 @@ def test_a_failed_overwrite_keeps_the_previous_results_whole(tmp_path, capsys, c
     assert_no_partial(out)
 
 
+def test_leftovers_of_a_killed_run_are_cleaned_or_restored(tmp_path, capsys, chest_phantom, model_calls):
+    path = write_volume(phantom(chest_phantom), tmp_path / "scan.mhd")
+    out = tmp_path / "out"
+    assert cli(["detect", path, "--out", str(out), "--progress", "none"], capsys)[0] == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # killed between "old results moved aside" and "new folder renamed in", and while writing another scan
+    os.rename(out / "scan", out / f".scan.old-{dead.pid}-abcd1234")
+    (out / f".other.partial-{dead.pid}-x").mkdir()
+    (out / f".other.partial-{dead.pid}-x" / "findings.mrk.json").write_text("{}")
+    (out / f".busy.partial-{os.getpid()}-y").mkdir()  # a live process's folder is left alone
+    code, stdout, _ = cli(["detect", path, "--out", str(out), "--progress", "none"], capsys)
+    assert code == 0 and "restored the previous results" in stdout and "already done" in stdout
+    assert sorted(p.name for p in out.iterdir()) == [f".busy.partial-{os.getpid()}-y", "luna16_submission.csv",
+                                                      "scan"]
+    assert len(model_calls) == 1
+
+
 def test_ctrl_c_during_export_leaves_nothing(tmp_path, chest_phantom, model_calls, monkeypatch):
     from LesionDetectorLib import export
 
