@@ -25,6 +25,7 @@ model is loaded, so bad input is refused fast.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -138,8 +139,6 @@ def _kind(path: str) -> Tuple[str, Optional[os.stat_result]]:
     except FileNotFoundError:
         return ("loop" if os.path.islink(path) and _is_link_loop(path) else "missing"), None
     except OSError as exc:
-        import errno
-
         if exc.errno == errno.ELOOP:
             return "loop", None
         return "unreadable", None
@@ -154,8 +153,6 @@ def _is_link_loop(path: str) -> bool:
     try:
         os.path.realpath(path, strict=True)
     except OSError as exc:
-        import errno
-
         return exc.errno == errno.ELOOP
     return False
 
@@ -204,7 +201,8 @@ def _has_dicom(folder: str) -> bool:
     return False
 
 
-def expand_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]], List[str]]:
+def expand_inputs(paths: Sequence[str], exclude: Optional[Path] = None
+                  ) -> Tuple[List[Path], List[Tuple[str, str]], List[str]]:
     """``(scans, problems, skipped)`` for the command-line inputs.
 
     A regular file is a scan; a folder holding DICOM files is one series; any other folder
@@ -212,6 +210,7 @@ def expand_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str
     folders. ``problems``: ``(input, message)`` for inputs that are unusable themselves
     (missing, a FIFO, a device, a link loop...): they fail the run. ``skipped``: messages about
     entries inside searched folders that were passed over (special files, link loops).
+    ``exclude``: a folder never searched (the output folder, whose SR files look like DICOM).
     """
     scans: List[Path] = []
     problems: List[Tuple[str, str]] = []
@@ -224,7 +223,7 @@ def expand_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str
             if _has_dicom(raw):
                 scans.append(Path(raw))
                 continue
-            found = _search_folder(Path(raw), skipped)
+            found = _search_folder(Path(raw), skipped, exclude)
             if not found:
                 problems.append((raw, f"the folder holds no DICOM series and no scan files "
                                       f"({', '.join(SCAN_SUFFIXES)})"))
@@ -234,9 +233,15 @@ def expand_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str
     return scans, problems, skipped
 
 
-def _search_folder(top: Path, skipped: List[str]) -> List[Path]:
+def _search_folder(top: Path, skipped: List[str], exclude: Optional[Path] = None) -> List[Path]:
     found: List[Path] = []
     seen = set()
+    if exclude is not None:
+        try:
+            st = os.stat(exclude)
+            seen.add((st.st_dev, st.st_ino))  # as if already searched
+        except OSError:
+            pass
     for root, dirs, files in os.walk(top, followlinks=True):
         root_path = Path(root)
         try:
@@ -244,8 +249,9 @@ def _search_folder(top: Path, skipped: List[str]) -> List[Path]:
         except OSError:
             dirs[:] = []
             continue
-        if (st.st_dev, st.st_ino) in seen:  # a symbolic link back to a folder already searched
-            skipped.append(f"{root}: links back to a folder already searched (a link loop); skipped")
+        if (st.st_dev, st.st_ino) in seen:
+            if exclude is None or not os.path.samefile(root, exclude):  # a link back to a searched folder
+                skipped.append(f"{root}: links back to a folder already searched (a link loop); skipped")
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -705,7 +711,7 @@ class ScanBatchRunner:
         opts = self.options
         for text in recover_interrupted(self.out):
             self.sink.warning(text)
-        scans, problems, skipped = expand_inputs(inputs)
+        scans, problems, skipped = expand_inputs(inputs, exclude=self.out)
         if (opts.series_uid or opts.lung_mask) and len(scans) + len(problems) > 1:
             raise ValueError("--series-uid and --lung-mask apply to a single input scan")
         if opts.lung_mask is not None:

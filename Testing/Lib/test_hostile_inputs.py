@@ -382,6 +382,16 @@ def test_folder_with_special_files_skips_them_with_a_message(tmp_path, capsys, c
     assert_no_partial(out)
 
 
+def test_output_folder_inside_the_searched_folder_is_not_searched(tmp_path, capsys, chest_phantom,
+                                                                  write_dicom_series, model_calls):
+    data = tmp_path / "data"
+    _dicom(data, chest_phantom, write_dicom_series, name="ct")
+    for _ in range(2):  # the second run must not take results/ct/findings_sr.dcm for a DICOM series
+        code, stdout, err = cli(["detect", str(data), "--out", str(data / "results"), "--progress", "none"], capsys)
+        assert code == 0, err
+    assert "already done" in stdout and len(model_calls) == 1
+
+
 def test_read_volume_never_opens_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "x.nrrd")
     with pytest.raises(VolumeError, match="not a regular file"):
