@@ -109,6 +109,11 @@ def compare(prior: Volume, current: Volume, prior_findings: Findings, current_fi
     current_nodules = [nodule_from_candidate(c) for c in sides[1].candidates]
     pairs = match_nodules(prior_nodules, current_nodules, registration.prior_to_current, days,
                           gate_min_mm, gate_factor)
+    # Where a new nodule would be on the prior (the reader looks there for a missed one).
+    for p in pairs:
+        if p["current"] is not None:
+            back = registration.current_to_prior(np.asarray(p["current"]["center_lps"]))[0]
+            p["current_center_in_prior_lps"] = [round(float(v), 3) for v in back]
     counts = {s: sum(1 for p in pairs if p["status"] == s) for s in STATUSES}
     exam = exam_category(p["lung_rads"] for p in pairs)
     return {
