@@ -43,7 +43,7 @@ def _evaluate(data: Path, model: Path, out: Path, bootstrap: int) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def _patient_flags(data: Path, predictions: Path, threshold: float) -> dict:
+def _patient_flags(data: Path, predictions: Path, threshold: float, card: dict = None) -> dict:
     """Patient-level flag on ``data`` at a threshold chosen elsewhere (validation)."""
     ds = Luna16Dataset(data)
     best = {s.seriesuid: 0.0 for s in ds}
@@ -52,9 +52,18 @@ def _patient_flags(data: Path, predictions: Path, threshold: float) -> dict:
             best[row["seriesuid"]] = max(best.get(row["seriesuid"], 0.0), float(row["probability"]))
     pos = [u for u in best if len(ds.annotations(u))]
     neg = [u for u in best if not len(ds.annotations(u))]
-    return {"threshold": threshold,
-            "positive_patients": len(pos), "flagged_positive": sum(best[u] >= threshold for u in pos),
-            "negative_patients": len(neg), "true_negative_patients": sum(best[u] < threshold for u in neg)}
+    out = {"threshold": threshold,
+           "positive_patients": len(pos), "flagged_positive": sum(best[u] >= threshold for u in pos),
+           "negative_patients": len(neg), "true_negative_patients": sum(best[u] < threshold for u in neg)}
+    if card is not None and card.get("patient_probability"):
+        from LesionDetectorLib.inference.patient_flag import patient_probability
+
+        prob = {u: patient_probability(best[u], card) for u in best}
+        out["patient_probability"] = {
+            "brier": round(sum((prob[u] - (u in pos)) ** 2 for u in best) / max(len(best), 1), 4),
+            "mean_positive": round(sum(prob[u] for u in pos) / max(len(pos), 1), 4),
+            "mean_negative": round(sum(prob[u] for u in neg) / max(len(neg), 1), 4)}
+    return out
 
 
 def _notes(items) -> dict:
@@ -137,14 +146,14 @@ def main(argv=None) -> int:
 
     test = _evaluate(args.test, args.out, args.report, bootstrap=1000)
     thr = card["operating_points"]["sensitivity_0.95"]["threshold"]
-    card["test"] = {}
     card["test"] = {"data": str(args.test), "cpm": test["cpm"], "sensitivities": test["sensitivities"],
                     "bootstrap": test.get("bootstrap"), "tnp": test.get("tnp"),
                     "n_scans": test.get("n_scans"), "n_nodules": test.get("n_nodules"),
                     "patient_flag_at_validation_sensitivity_0.95":
-                        _patient_flags(args.test, args.report / "predictions.csv", thr)}
+                        _patient_flags(args.test, args.report / "predictions.csv", thr, card)}
     _write_card(args.out, card)
-    print(json.dumps({"validation_cpm": val["cpm"], "test_cpm": test["cpm"], "test": card["test"]}, indent=2))
+    print(json.dumps({"validation_cpm": card["validation"]["cpm"], "test_cpm": test["cpm"], "test": card["test"]},
+                     indent=2))
     return 0
 
 

@@ -25,21 +25,15 @@ operating_points.json (the model card's ``operating_points``). Bad input exits w
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import EvaluationInputError, NoLungsFoundError
+from ..errors import EvaluationInputError
 
 log = logging.getLogger("lesion-detector.evaluate")
 
-DEFAULT_MODEL = "luna16-synthetic"
-PREDICTIONS_DIR = "predictions"
-PREDICTIONS_CSV = "predictions.csv"
-RUN_FILE = "run.json"
-#: The FROC needs every mark down to the lowest scores; the model's own ``score_thresh`` is the floor.
-DATA_MODE_MIN_SCORE = 0.0
+from ..evaluation.dataset_detection import DEFAULT_MODEL  # noqa: E402 - the detection loop lives in the library
 
 
 def register(subparsers) -> None:
@@ -154,111 +148,13 @@ def load_predictions(args, seriesuids: List[str]):
 
 
 # ---------------------------------------------------------------------------- data mode
-def _model_identity(name_or_dir: str) -> Dict[str, str]:
-    """Name, version and weights SHA-256 from the model card alone (weights are verified on load)."""
-    from ..inference import resolve_model_dir
-    from ..model import read_card
+def detect_dataset_for(args, dataset, seriesuids: List[str]):
+    """The library's dataset detection with this command's options (plain values, no Namespace)."""
+    from ..evaluation.dataset_detection import detect_dataset
 
-    directory = resolve_model_dir(name_or_dir)
-    card = read_card(directory)
-    return {"name": str(card.get("name", directory.name)), "version": str(card.get("version", "unknown")),
-            "sha256": str(card["sha256"]), "directory": str(directory.resolve())}
-
-
-def _prepare_predictions_dir(pred_dir: Path, settings: Dict[str, object], resume: bool,
-                             seriesuids: List[str]) -> None:
-    """Check (``--resume``) or reset the per-scan predictions folder, then record ``settings``."""
-    from ..atomic import atomic_write_text
-
-    run_file = pred_dir / RUN_FILE
-    if resume and run_file.is_file():
-        try:
-            before = json.loads(run_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EvaluationInputError(f"{run_file} is unreadable ({exc}); drop --resume to start over") from None
-        if before.get("model", {}).get("sha256") != settings["model"]["sha256"]:
-            raise EvaluationInputError(
-                f"--resume: the predictions in {pred_dir} were made by model {before.get('model', {}).get('name')!r} "
-                f"(sha256 {str(before.get('model', {}).get('sha256'))[:12]}...), not by "
-                f"{settings['model']['name']!r} (sha256 {settings['model']['sha256'][:12]}...); "
-                f"use another --out or drop --resume")
-        for key in ("max_candidates", "min_score"):
-            if before.get(key) != settings[key]:
-                raise EvaluationInputError(
-                    f"--resume: the predictions in {pred_dir} were made with {key}={before.get(key)}, this run "
-                    f"asks for {settings[key]}; use another --out or drop --resume")
-    elif resume and any((pred_dir / f"{uid}.csv").is_file() for uid in seriesuids):
-        raise EvaluationInputError(f"--resume: {pred_dir} holds predictions but no {RUN_FILE} saying which model "
-                                   f"made them; use another --out or drop --resume")
-    elif not resume and pred_dir.is_dir():
-        stale = [pred_dir / f"{uid}.csv" for uid in seriesuids if (pred_dir / f"{uid}.csv").is_file()]
-        if stale:
-            log.info("discarding %d earlier per-scan prediction file(s) in %s (--resume keeps them)",
-                     len(stale), pred_dir)
-        for path in stale:
-            path.unlink()
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_file, json.dumps(settings, indent=2) + "\n")
-
-
-def detect_dataset(args, dataset, seriesuids: List[str]) -> Tuple[Path, Dict[str, object]]:
-    """Run the model over the evaluated scans of ``dataset``; returns the gathered submission
-    CSV (``<out>/predictions.csv``) and a summary ``{"model", "run", "skipped", "no_lungs"}``."""
-    from ..export import write_luna16_csv
-    from ..io import read_volume
-    from .detect import _load_detector
-
-    absent = [uid for uid in seriesuids if uid not in dataset]
-    if absent:
-        raise EvaluationInputError(
-            f"{len(absent)} evaluated series have no scan under {dataset.root} (first: {absent[0]}); "
-            f"pass the scan list with --seriesuids or complete the folder")
-    args.model = args.model or DEFAULT_MODEL
-    max_candidates = args.max_marks if args.max_marks > 0 else None
-    settings = {"model": _model_identity(args.model), "max_candidates": max_candidates,
-                "min_score": DATA_MODE_MIN_SCORE, "data": str(Path(dataset.root).resolve())}
-    pred_dir = args.out / PREDICTIONS_DIR
-    _prepare_predictions_dir(pred_dir, settings, args.resume, seriesuids)
-
-    todo = [uid for uid in seriesuids if not (pred_dir / f"{uid}.csv").is_file()]
-    skipped = len(seriesuids) - len(todo)
-    if skipped:
-        print(f"resume: {skipped} of {len(seriesuids)} scan(s) already have predictions in {pred_dir}")
-    no_lungs: List[str] = []
-    if todo:
-        from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        detector = _load_detector(args)
-        print(f"model {detector.card['name']} {detector.card['version']} on {detector.device}: "
-              f"{len(todo)} scan(s) to detect -> {pred_dir}")
-        with logging_redirect_tqdm(), tqdm(total=len(seriesuids), initial=skipped, desc="evaluate", unit="scan",
-                                           disable=args.no_progress, dynamic_ncols=True) as bar:
-            for uid in todo:
-                scan = dataset.scan(uid)
-                volume = dataset.read(uid)
-                mask = read_volume(str(scan.lung_mask_path), allow_non_ct=True) if scan.lung_mask_path else None
-                try:
-                    findings = [detector(volume, lung_mask=mask, min_score=DATA_MODE_MIN_SCORE,
-                                         max_candidates=max_candidates)]
-                except NoLungsFoundError as exc:
-                    # The pipeline's honest outcome for this scan: no marks (its nodules count as missed).
-                    log.warning("%s: %s; the scan gets no marks", uid, exc)
-                    no_lungs.append(uid)
-                    findings = []
-                # Written atomically: a file that exists is complete, so --resume can trust it.
-                write_luna16_csv(findings, pred_dir / f"{uid}.csv", series_uids=[uid] * len(findings))
-                bar.set_postfix_str(f"{uid[-12:]}: {len(findings[0]) if findings else 0} marks")
-                bar.update(1)
-    return gather_predictions(pred_dir, seriesuids, args.out / PREDICTIONS_CSV), {
-        "model": settings["model"], "run": len(todo), "skipped": skipped, "no_lungs": no_lungs}
-
-
-def gather_predictions(pred_dir: Path, seriesuids: List[str], out_csv: Path) -> Path:
-    """Concatenate ``<pred_dir>/<uid>.csv`` (every one checked) into one LUNA16 submission CSV."""
-    from ..luna16_format import read_predictions, write_predictions
-
-    return write_predictions(out_csv, (p for uid in seriesuids for p in read_predictions(pred_dir / f"{uid}.csv", [uid])))
+    return detect_dataset(dataset, seriesuids, Path(args.out), model=args.model, device=args.device,
+                          batch_size=args.batch_size, max_marks=args.max_marks, resume=args.resume,
+                          progress=not args.no_progress)
 
 
 # ------------------------------------------------------------------------------------ run
@@ -280,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
         dataset = Luna16Dataset(args.data)          # VolumeError (exit 2) when it is not a LUNA16 folder
         annotations, excluded, seriesuids, inputs = resolve_inputs(args, dataset)
-        predictions_csv, summary = detect_dataset(args, dataset, seriesuids)
+        predictions_csv, summary = detect_dataset_for(args, dataset, seriesuids)
         predictions = read_predictions(predictions_csv, seriesuids)
         inputs.update({"predictions": str(predictions_csv), "data": str(args.data),
                        "model": summary["model"]["name"], "model_version": summary["model"]["version"],

@@ -140,10 +140,13 @@ def run_deeplesion(args: argparse.Namespace) -> int:
                               "info_csv": str(dataset.info_csv)}
     summary = None
     if args.model is not None:
-        from .evaluate import detect_dataset
+        from ..evaluation.dataset_detection import detect_dataset
 
         _warn_if_lung_model(args)
-        predictions_csv, summary = detect_dataset(args, _ChunkSource(args.data, scans), image_ids)
+        predictions_csv, summary = detect_dataset(
+            _ChunkSource(args.data, scans), image_ids, Path(args.out), model=args.model, device=args.device,
+            batch_size=args.batch_size, max_marks=args.max_marks, resume=args.resume,
+            progress=not args.no_progress)
         inputs.update({"predictions": str(predictions_csv), "model": summary["model"]["name"],
                        "model_version": summary["model"]["version"], "model_sha256": summary["model"]["sha256"]})
     else:

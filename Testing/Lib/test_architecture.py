@@ -119,20 +119,9 @@ def test_graph_sees_deferred_and_relative_imports():
     assert "LesionDetectorLib.atomic" in graph["LesionDetectorLib.luna16_format"]
 
 
-#: Circles whose removal is under way elsewhere (issue 17, step 1: one detection engine takes the
-#: dataset loop out of both commands). test_pending_circles_are_gone turns red when they go:
-#: then empty this list.
-PENDING = [["LesionDetectorLib.cli.evaluate", "LesionDetectorLib.cli.evaluate_deeplesion"]]
-
-
 def test_no_import_circle_in_the_library():
-    found = [c for c in cycles(import_graph()) if c not in PENDING]
+    found = cycles(import_graph())
     assert not found, "import circles (deferred imports included): " + "; ".join(" <-> ".join(c) for c in found)
-
-
-@pytest.mark.xfail(strict=True, reason="cli/evaluate <-> cli/evaluate_deeplesion goes with the detection engine")
-def test_pending_circles_are_gone():
-    assert not [c for c in cycles(import_graph()) if c in PENDING]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
