@@ -339,7 +339,9 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self._log(f"torch {report['torch']}; roi_align_3d backend: {report['op_backend']}")
         self.ui.hardwareLabel.setText("Hardware: " + self._hardware["text"])
         cudaIndex = self.ui.deviceComboBox.findText("GPU (CUDA)")
-        item = self.ui.deviceComboBox.model().item(cudaIndex) if cudaIndex >= 0 else None
+        model = self.ui.deviceComboBox.model()
+        # A QComboBox's model is a QStandardItemModel; its items can be disabled one by one.
+        item = model.item(cudaIndex) if cudaIndex >= 0 and hasattr(model, "item") else None
         if item is not None:
             item.setEnabled("cuda" in self._hardware["devices"])
         if self._parameterNode and DEVICES[self._parameterNode.device] not in self._hardware["devices"]:
@@ -750,8 +752,7 @@ def registerSampleData() -> None:
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="Lesion Detector",
-        sampleName="LesionDetectorSyntheticChestCT",
-        sampleDescription="Synthetic chest CT (3 nodules)",
+        sampleName="SyntheticChestCT",  # shown under the button; 3 nodules, seed SAMPLE_SEED
         # Generated, not downloaded: customDownloader builds it; the URI only names it.
         uris=[f"lesion-detector-synth:seed={SAMPLE_SEED}"],
         fileNames=[f"LesionDetectorSample{SAMPLE_SEED}.mhd"],

@@ -43,3 +43,29 @@ def test_full_detection_is_not_attempted_under_ctest(selftest, monkeypatch):
     assert module.fullDetectionSkipReason() == ""
     monkeypatch.setattr(module.dependencies, "missing_requirements", lambda module_dir=None: ["torch>=2.4"])
     assert "torch" in module.fullDetectionSkipReason()
+
+
+def test_sample_is_registered_with_sampledata_as_slicer_expects(monkeypatch):
+    """The call matches SampleDataLogic.registerCustomSampleDataSource's signature (Slicer 5.x)."""
+    import sys
+
+    calls = []
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(category="Custom", sampleName=None, uris=None, fileNames=None,
+                                           nodeNames=None, customDownloader=None, thumbnailFileName=None,
+                                           loadFileType="VolumeFile", loadFiles=None, loadFileProperties={},
+                                           checksums=None):
+            calls.append(dict(category=category, uris=uris, fileNames=fileNames, nodeNames=nodeNames,
+                              customDownloader=customDownloader, thumbnailFileName=thumbnailFileName))
+
+    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
+    module.registerSampleData()
+    (call,) = calls
+    assert call["category"] == "Lesion Detector"
+    assert len(call["uris"]) == len(call["fileNames"]) == len(call["nodeNames"]) == 1
+    assert callable(call["customDownloader"])
+    from pathlib import Path
+
+    assert Path(call["thumbnailFileName"]).is_file()
