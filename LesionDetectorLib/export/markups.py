@@ -167,7 +167,7 @@ def _measurements(findings: Findings) -> List[Dict[str, Any]]:
                          f"device {prov.get('device')}; op {prov.get('op_backend')}; {prov.get('date')}"),
          "printFormat": ""},
         {"name": FINDINGS_MEASUREMENT, "enabled": False, "value": float(len(findings.candidates)), "units": "",
-         "description": json.dumps(stored, separators=(",", ":")), "printFormat": ""},
+         "description": json.dumps(stored, separators=(",", ":"), allow_nan=False), "printFormat": ""},
     ]
 
 
