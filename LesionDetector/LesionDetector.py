@@ -251,8 +251,11 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self.ui.statusLabel.setStyleSheet("color: #b00020; font-weight: bold" if state == STATE_FAILED else "")
         busy = state in (STATE_INSTALLING, STATE_CHECKING, STATE_DETECTING, STATE_IMPORTING, STATE_CANCELLING)
         self.ui.progressBar.setVisible(busy)
-        self.ui.detectButton.text = "Cancel" if busy else "Detect"
-        self.ui.detectButton.toolTip = ("Stop detection; nothing is added to the scene" if busy
+        # Only a running detection can be cancelled; during pip and the PyTorch check the
+        # button stays "Detect" and disabled (_updateButtons).
+        cancellable = state in (STATE_DETECTING, STATE_IMPORTING, STATE_CANCELLING)
+        self.ui.detectButton.text = "Cancel" if cancellable else "Detect"
+        self.ui.detectButton.toolTip = ("Stop detection; nothing is added to the scene" if cancellable
                                         else "Find lesion candidates in the input volume")
         self._updateButtons()
 
@@ -329,6 +332,8 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
                     slicer.util.restart()
                 self._hardware = None  # a new torch may have come with the installation
                 return True
+            if not self.ui.statusLabel.text.startswith(f"Status: {STATE_FAILED}"):
+                self._setState(STATE_FAILED, "installation failed; see the Log")
             return False
         finally:
             self._installing = False
