@@ -169,7 +169,8 @@ def install_requirements(module_dir: Path, confirm: Callable[[str], bool],
         verb = f"Upgrading LesionDetectorLib {lib['installed']} -> {lib['shipped']}" if lib["outdated"] \
             else "Installing LesionDetectorLib"
         log(f"{verb} from {source} (compiles the roi_align_3d op when a compiler is present)...")
-        slicer.util.pip_install(f"--no-build-isolation --no-deps --upgrade \"{source}\"")
+        with build_copy(source) as tree:
+            slicer.util.pip_install(f"--no-build-isolation --no-deps --upgrade \"{tree}\"")
     importlib.invalidate_caches()
     still = missing_requirements(module_dir)
     if still:
@@ -177,6 +178,34 @@ def install_requirements(module_dir: Path, confirm: Callable[[str], bool],
                            + ". Restart Slicer and try again; if it persists, install them from the Python "
                            "console with slicer.util.pip_install().", restartRequired=True)
     return True
+
+
+class build_copy:
+    """A private copy of the shipped library sources to build from.
+
+    pip builds a source tree in place (``build/``, ``*.egg-info``), and the extension's
+    folder may be read-only (a system-wide Slicer) or shared by several Slicer versions.
+    """
+
+    def __init__(self, source: Path) -> None:
+        self.source = Path(source)
+        self.tmp: Optional[Path] = None
+
+    def __enter__(self) -> Path:
+        import shutil
+        import tempfile
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="LesionDetectorLib-build-"))
+        tree = self.tmp / "src"
+        shutil.copytree(self.source, tree, ignore=shutil.ignore_patterns(
+            "build", "*.egg-info", "__pycache__", "*.pyc", "*.so", "*.pyd"))
+        return tree
+
+    def __exit__(self, *exc) -> bool:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
 
 
 def _install_torch(log: Callable[[str], None]) -> None:

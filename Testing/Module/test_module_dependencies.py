@@ -90,3 +90,17 @@ def test_dicom_sr_is_disabled_before_slicer_5_12_without_highdicom(monkeypatch):
 def test_dicom_sr_is_offered_where_highdicom_is_present():
     pytest.importorskip("highdicom")
     assert dependencies.dicom_sr_support((5, 6)) == (True, "")
+
+
+def test_the_library_builds_from_a_private_copy(tmp_path):
+    module_dir = _extension_with_library(tmp_path, "0.3.0")
+    source = module_dir / "LesionDetectorLibSource"
+    (source / "build").mkdir()
+    (source / "LesionDetectorLib" / "_C.so").write_bytes(b"old build")
+    with dependencies.build_copy(source) as tree:
+        assert tree != source and (tree / "pyproject.toml").is_file()
+        assert (tree / "LesionDetectorLib" / "version.py").is_file()
+        assert not (tree / "build").exists() and not (tree / "LesionDetectorLib" / "_C.so").exists()
+        (tree / "build").mkdir()  # what pip leaves behind
+    assert not tree.exists()
+    assert not any(p.name.endswith(".egg-info") for p in source.iterdir())
