@@ -27,3 +27,7 @@ class EvaluationInputError(LesionDetectorError, ValueError):
 
 class OutputFolderError(LesionDetectorError):
     """The output folder cannot hold results (a file, read-only, not creatable); checked before any work."""
+
+
+class ComparisonInputError(LesionDetectorError, ValueError):
+    """Two scans or their findings cannot be compared (findings of another scan, dates reversed...)."""

@@ -37,7 +37,6 @@ import SimpleITK as sitk
 
 from LesionDetectorLib.characterization import characterize
 from LesionDetectorLib.data.synthetic_followup import generate_followup, truth_findings
-from LesionDetectorLib.findings import Candidate, Findings
 from LesionDetectorLib.followup.comparison import compare
 from LesionDetectorLib.followup.registration import register_lungs
 
@@ -137,7 +136,6 @@ def _rigid_copy(volume, rng):
 
 def real_ct_self_match(folder: Path, rng):
     from LesionDetectorLib import read_volume
-    from LesionDetectorLib.data.synthetic_followup import truth_findings as _tf  # noqa: F401 - same findings shape
 
     results = []
     for name in ("lung1", "lung2"):

@@ -12,14 +12,12 @@ Bad input: one stderr line, exit code 2, nothing written.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
 from ..errors import VolumeError
 
-log = logging.getLogger("lesion-detector.compare")
 FINDINGS_FILE = "findings.json"
 
 
@@ -57,14 +55,19 @@ def register(subparsers) -> None:
 
 
 def _input(arg: str, findings_arg: Optional[Path], label: str) -> Tuple[Path, Optional[Path]]:
-    """``(scan path, findings path or None)`` for ``--prior`` / ``--current``."""
-    path = Path(arg)
-    if not path.exists():
-        raise VolumeError(f"the {label} path '{arg}' does not exist")
+    """``(scan path, findings path or None)`` for ``--prior`` / ``--current``.
+
+    A folder holding ``findings.json`` is a ``detect`` output folder (checked first: its DICOM SR
+    would otherwise make it look like a DICOM series); anything else must be one scan, found by
+    the same rules as ``detect``'s inputs.
+    """
+    from ..batch import expand_inputs
+
     findings = findings_arg
     if findings is not None and not findings.is_file():
         raise VolumeError(f"--{label}-findings '{findings}' is not a file")
-    if path.is_dir() and (path / FINDINGS_FILE).is_file() and not _holds_dicom(path):
+    path = Path(arg)
+    if path.is_dir() and (path / FINDINGS_FILE).is_file():
         findings = findings or path / FINDINGS_FILE
         from ..export import read_findings_json
 
@@ -73,13 +76,13 @@ def _input(arg: str, findings_arg: Optional[Path], label: str) -> Tuple[Path, Op
             raise VolumeError(f"the {label} folder '{arg}' holds findings.json, but the scan it names "
                               f"({source!r}) is not there; give the scan and --{label}-findings")
         return Path(source), findings
-    return path, findings
-
-
-def _holds_dicom(folder: Path) -> bool:
-    from .detect import _has_dicom
-
-    return _has_dicom(folder)
+    scans, problems, _ = expand_inputs([arg])
+    if problems:
+        why = problems[0][1]          # "does not exist", "is a FIFO ...", "the folder holds no ..."
+        raise VolumeError(f"--{label} '{arg}': {why}" if why.startswith("the ") else f"the {label} path '{arg}' {why}")
+    if len(scans) != 1:
+        raise VolumeError(f"--{label} '{arg}' holds {len(scans)} scans; give one scan (file or DICOM series folder)")
+    return scans[0], findings
 
 
 def run(args) -> int:

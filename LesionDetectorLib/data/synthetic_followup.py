@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,6 +32,9 @@ from ..coordinates import Geometry, from_sitk, index_to_world, to_sitk
 from ..volume import Volume
 from .lidc_shapes import load_shape_library
 from .synthetic import _Placer, _render_nodule, generate_scan
+
+if TYPE_CHECKING:
+    from ..findings import Findings
 
 CHANGES = ("grown", "shrunk", "stable", "new", "resolved")
 PRIOR_DATE = _dt.date(2025, 3, 4)
@@ -115,7 +118,6 @@ def generate_followup(seed: int, index: int = 0, size: str = "small", interval_d
     bad = [c for c in changes if c not in CHANGES]
     if bad:
         raise ValueError(f"unknown change(s) {bad}; choose from {CHANGES}")
-    prior_vol = scan.to_volume()
     sp = scan.spacing[::-1].copy()                                      # array mm per index (z, y, x)
     lung = scan.lung_labels > 0
     lung_pts = np.argwhere(lung)[rng.choice(int(lung.sum()), size=min(20000, int(lung.sum())), replace=False)] * sp

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..atomic import atomic_write_text
-from ..errors import LesionDetectorError
+from ..errors import ComparisonInputError
 from ..findings import Findings
 from ..version import __version__
 from ..volume import Volume
@@ -30,10 +30,6 @@ from .registration import Registration, register_lungs
 
 SCHEMA_NAME = "lesion-detector/comparison"
 SCHEMA_VERSION = "1.0"
-
-
-class ComparisonInputError(LesionDetectorError, ValueError):
-    """The two scans or their findings cannot be compared (dates reversed, findings of another scan...)."""
 
 
 def study_date(volume: Volume) -> Optional[_dt.date]:

@@ -133,3 +133,33 @@ def test_cli_interval_is_validated_at_parse_time(days, capsys, tmp_path):
     except SystemExit as exc:              # argparse's own exit, when main does not turn it into a code
         rc = exc.code
     assert rc == 2 and "--interval-days" in capsys.readouterr().err
+
+
+def test_cli_reuses_detect_output_folders_and_runs_the_detector_when_needed(written, pair, monkeypatch, tmp_path):
+    """A ``detect`` output folder is read through its findings' ``volume.source``; a bare scan is
+    detected on (here by a stand-in detector returning the truth) and its findings are written."""
+    d, paths = written
+    folder = tmp_path / "prior_result"
+    f = _measured(truth_findings(pair, "prior"))
+    f.volume["source"] = paths["prior"]
+    write_findings_json(f, folder / "findings.json")
+    calls = []
+
+    class FakeDetector:
+        def __call__(self, volume, **kw):
+            calls.append(volume.metadata.get("source"))
+            out = _measured(truth_findings(pair, "current"))
+            out.volume["source"] = volume.metadata.get("source")
+            return out
+
+    import LesionDetectorLib.inference as inference
+
+    monkeypatch.setattr(inference.Detector, "from_pretrained", classmethod(lambda cls, *a, **k: FakeDetector()))
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--prior", str(folder), "--current", paths["current"], "--out", str(out)])
+    assert rc == 0 and calls == [paths["current"]]
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["prior"]["source"] == paths["prior"] and doc["interval_days"] is None    # .mhd has no StudyDate
+    assert (out / "current_findings.json").is_file() and not (out / "prior_findings.json").exists()
+    assert all(p["volume_doubling_days"] is None for p in doc["pairs"])
+    assert {p["status"] for p in doc["pairs"]} >= {"new", "resolved", "grown"}
