@@ -30,8 +30,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-
 from .geometry import lps_to_ras
 
 SCHEMA = "lesion-detector/findings"
@@ -64,23 +62,24 @@ class ResultNodes:
 
 
 def validate_findings(findings: Dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming what is wrong when ``findings`` is not schema v1.0."""
+    """Raise ``ValueError`` naming what is wrong when ``findings`` is not a schema v1 document.
+
+    The checks are the library's own (:meth:`LesionDetectorLib.findings.Findings.from_dict`:
+    schema version, candidate fields, finite centres, review states), so the module accepts
+    exactly what the library reads and writes.
+    """
     if not isinstance(findings, dict) or findings.get("schema") != SCHEMA:
         raise ValueError(f"not a '{SCHEMA}' document")
-    major = str(findings.get("schema_version", "")).split(".")[0]
-    if major != "1":
-        raise ValueError(f"unsupported findings schema version {findings.get('schema_version')!r} (expected 1.x)")
-    candidates = findings.get("candidates")
-    if not isinstance(candidates, list):
+    from LesionDetectorLib.findings import Findings
+
+    if not isinstance(findings.get("candidates"), list):
         raise ValueError("findings have no 'candidates' list")
-    for i, c in enumerate(candidates):
-        for key in ("id", "center_lps", "diameter_mm", "score"):
-            if key not in c:
-                raise ValueError(f"candidate {i} lacks '{key}'")
-        if len(c["center_lps"]) != 3 or not np.all(np.isfinite(np.asarray(c["center_lps"], dtype=float))):
-            raise ValueError(f"candidate {i} has an invalid centre {c['center_lps']!r}")
-        if c.get("review", "unreviewed") not in REVIEW_STATES:
-            raise ValueError(f"candidate {i} has an unknown review state {c.get('review')!r}")
+    try:
+        Findings.from_dict(findings)
+    except KeyError as exc:
+        raise ValueError(f"findings lack {exc}") from None
+    except TypeError as exc:
+        raise ValueError(f"findings are malformed ({exc})") from None
 
 
 def _ranked(candidates: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

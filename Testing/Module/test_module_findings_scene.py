@@ -80,7 +80,7 @@ def test_invalid_findings_add_nothing(scene, volume_and_study, findings_doc):
     volume, _ = volume_and_study
     before = scene.GetNumberOfNodes()
     findings_doc["candidates"][1]["center_lps"] = [1.0, float("nan"), 2.0]
-    with pytest.raises(ValueError, match="invalid centre"):
+    with pytest.raises(ValueError, match="center_lps must be finite"):
         findings_scene.create_result_nodes(scene, volume, findings_doc)
     findings_doc["schema_version"] = "2.0"
     with pytest.raises(ValueError, match="schema version"):
