@@ -18,7 +18,10 @@ so a 512 x 512 x 300 scan takes a few seconds on one core:
    nodules up to ~2 x 10 mm wide; larger ones still lie within the ``pad_outside_mm`` band
    that :func:`preprocess` keeps unpadded), then 3-D hole filling (solid nodules inside
    the lung). 3-D rather than slice-wise filling: a slice-wise fill would swallow the
-   mediastinum whenever the closing bridges the lungs in front of and behind the heart.
+   mediastinum whenever the closing bridges the lungs in front of and behind the heart;
+   then, slice by slice, each lung section's 2-D convex hull is filled
+   (:func:`fill_pleural_hulls`), so a juxta-pleural nodule or mass wider than the closing
+   ball keeps its centre inside the mask (the LUNA16 lung masks include such nodules too);
 5. lungs smaller than :data:`MIN_LUNG_VOLUME_ML` (300 mL; adult lungs hold ~2-3 L each at
    CT inspiration, and a scan that covers even part of both lungs has more) raise
    :class:`NoLungsFoundError`.
@@ -100,7 +103,44 @@ def _near_mask(mask_volume: Volume, distance_mm: float, working_spacing_mm: floa
     return Volume(sitk.GetArrayFromImage(near), coarse.GetSpacing(), coarse.GetOrigin(), coarse.GetDirection())
 
 
-def lung_mask_coarse(volume: Volume, closing_mm: float = 10.0, working_spacing_mm: float = 2.0) -> Volume:
+def fill_pleural_hulls(mask: np.ndarray, min_pixels: int = 20) -> np.ndarray:
+    """Fill, in every slice ``mask[k]``, the 2-D convex hull of each lung section.
+
+    A lesion on the pleura pushes the lung surface in; a closing fills such a dent only while
+    it is narrower than the ball (2 x 10 mm), so the centre of a larger juxta-pleural nodule or
+    mass fell outside the mask and, deeper than ``pad_outside_mm`` into the wall, was padded
+    away (issue: juxta-pleural recall). The lung is convex towards the ribs, so the hull of a
+    section adds exactly those dents there (and, medially, some mediastinum: it is shown, not
+    padded, which costs nothing but context). Sections are 2-D connected components with at
+    least ``min_pixels`` pixels (smaller specks are left as they are).
+    """
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull, Delaunay, QhullError
+
+    out = mask.astype(bool).copy()
+    for k in range(out.shape[0]):
+        labels, n = ndimage.label(out[k])
+        if not n:
+            continue
+        for sl, lab in zip(ndimage.find_objects(labels), range(1, n + 1)):
+            section = labels[sl] == lab
+            if section.sum() < min_pixels:
+                continue
+            pts = np.argwhere(section).astype(np.float64)
+            # pixel corners, so the hull covers whole pixels and thin sections do not degenerate
+            corners = (pts[:, None, :] + np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])).reshape(-1, 2)
+            try:
+                hull = Delaunay(corners[ConvexHull(corners).vertices])
+            except QhullError:
+                continue
+            grid = np.argwhere(np.ones(section.shape, dtype=bool)).astype(np.float64)
+            inside = (hull.find_simplex(grid) >= 0).reshape(section.shape)
+            out[k][sl] |= inside
+    return out.astype(mask.dtype)
+
+
+def lung_mask_coarse(volume: Volume, closing_mm: float = 10.0, working_spacing_mm: float = 2.0,
+                     pleural_hull: bool = True) -> Volume:
     """The lung mask on a coarse (~``working_spacing_mm``) grid, as a uint8 :class:`Volume` with exact geometry.
 
     Resample it onto any grid through world coordinates (:func:`resample_to_grid`);
@@ -127,7 +167,10 @@ def lung_mask_coarse(volume: Volume, closing_mm: float = 10.0, working_spacing_m
     if keep:
         mask = sitk.BinaryFillhole(_binary_closing(mask, closing_mm), fullyConnected=False, foregroundValue=1)
     mask_array = sitk.GetArrayFromImage(mask)
+    # the lungs' own volume, before the hulls add the pleural dents and some mediastinum
     volume_ml = float(mask_array.sum()) * float(np.prod(coarse.GetSpacing())) / 1000.0
+    if keep and pleural_hull:
+        mask_array = fill_pleural_hulls(mask_array)
     if volume_ml < MIN_LUNG_VOLUME_ML:
         raise NoLungsFoundError(
             f"No lungs found: the air-filled region inside the body measures {volume_ml:.0f} mL, less than the "
