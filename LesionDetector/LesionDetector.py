@@ -24,7 +24,8 @@ _MODULE_DIR = Path(__file__).resolve().parent
 if str(_MODULE_DIR) not in sys.path:  # the helper package beside this file
     sys.path.insert(0, str(_MODULE_DIR))
 
-from LesionDetectorLogicLib import dependencies, detection_job, exports, findings_scene, geometry  # noqa: E402
+from LesionDetectorLogicLib import (batch_detection, dependencies, detection_job, exports,  # noqa: E402
+                                    findings_scene, geometry)
 from LesionDetectorLogicLib.dependencies import InstallError  # noqa: E402,F401 - part of the module's API
 
 try:  # inside the Slicer application
@@ -160,6 +161,8 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self._hardware = None      # dependencies.hardware_advice() once known
         self._opStart = None       # monotonic start of the operation the log is timing
         self._dicomSrReason = ""   # why DICOM SR export is off in this Slicer ("" = available)
+        self._batch = None         # batch_detection.BatchDetection while "Detect on all volumes" runs
+        self._wantBatch = False    # the pending start (after install / PyTorch check) is a batch
 
     def setup(self) -> None:
         import qt
@@ -184,6 +187,7 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
+        self.ui.detectAllButton.connect("clicked(bool)", self.onDetectAllButton)
         self.ui.candidatesTable.connect("itemSelectionChanged()", self.onCandidateSelected)
         self.ui.acceptButton.connect("clicked(bool)", lambda: self.onReview("accepted"))
         self.ui.rejectButton.connect("clicked(bool)", lambda: self.onReview("rejected"))
@@ -217,6 +221,9 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
         if self.logic.isRunning():
             self.logic.cancelDetection()
             self._pollTimer.stop()
@@ -262,8 +269,11 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
     def _updateButtons(self, caller=None, event=None) -> None:
         running = self.logic is not None and self.logic.isRunning()
         hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
+        running = running or self._batch is not None
         # While pip runs or PyTorch is being asked there is nothing the button could cancel.
         self.ui.detectButton.enabled = (running or hasInput) and not self._installing and self._probe is None
+        self.ui.detectAllButton.enabled = (not running and not self._installing and self._probe is None
+                                           and bool(slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")))
         if self._dicomSrReason:
             self.ui.exportDicomSrCheckBox.enabled = False
         hasResult = bool(self._parameterNode and self._parameterNode.resultMarkups)
@@ -288,15 +298,33 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
 
     # -- detection -----------------------------------------------------------------
     def onDetectButton(self) -> None:
+        if self._batch is not None:
+            self._setState(STATE_CANCELLING)
+            self._batch.cancel()
+            self._pollTimer.stop()
+            done = len(self._batch.results)
+            self._batch = None
+            self._setState(STATE_CANCELLED, f"{done} volume(s) finished before Cancel keep their results")
+            return
         if self.logic.isRunning():
             self._setState(STATE_CANCELLING)
             self.logic.cancelDetection()
             self._pollTimer.stop()
             self._setState(STATE_CANCELLED, "no results were added")
             return
+        self._wantBatch = False
+        self._prepareAndStart()
+
+    def onDetectAllButton(self) -> None:
+        if self.logic.isRunning() or self._batch is not None:
+            return
+        self._wantBatch = True
+        self._prepareAndStart()
+
+    def _prepareAndStart(self) -> None:
         if self._installing or self._probe is not None:
             return  # a click that arrived while pip or the PyTorch check was running
-        self._startOperation("Detect")
+        self._startOperation("Detect on all volumes" if self._wantBatch else "Detect")
         if dependencies.missing_requirements(_MODULE_DIR):
             if not self._installRequirements():
                 return
@@ -356,8 +384,12 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
     def _startDetection(self) -> None:
         with slicer.util.tryWithErrorDisplay("Lesion Detector could not start.", waitCursor=True):
             p = self._parameterNode
-            self.logic.startDetection(p.inputVolume, device=DEVICES[p.device],
-                                      operatingPoint=OPERATING_POINTS[p.operatingPoint])
+            kwargs = {"device": DEVICES[p.device], "operatingPoint": OPERATING_POINTS[p.operatingPoint]}
+            if self._wantBatch:
+                self._batch = batch_detection.BatchDetection(
+                    self.logic, batch_detection.ct_volumes(slicer.mrmlScene), kwargs, log=self._log).start()
+            else:
+                self.logic.startDetection(p.inputVolume, **kwargs)
             self.ui.progressBar.setRange(0, 0)
             self._setState(STATE_DETECTING, "starting")
             self._pollTimer.start()
@@ -372,6 +404,9 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
             self._pollTimer.stop()
             self._applyHardware(report)
             self._startDetection()
+            return
+        if self._batch is not None:
+            self._pollBatch()
             return
         try:
             result = self.logic.pollDetection()
@@ -394,6 +429,31 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
             self._parameterNode.resultMarkups = result.markups
             self.showResults(result.markups)
             self._setState(STATE_DONE, f"{result.markups.GetNumberOfControlPoints()} candidates")
+
+    def _pollBatch(self) -> None:
+        batch = self._batch
+        finished = batch.poll()
+        job = self.logic.job
+        where = f"volume {batch.index + 1} of {batch.total} ({batch.current_name})"
+        if not finished:
+            fraction = (job.done / job.total) if job is not None and job.total else 0.0
+            self.ui.progressBar.setRange(0, 100 * batch.total)
+            self.ui.progressBar.setValue(int(100 * (batch.index + fraction)))
+            self.ui.progressBar.setFormat(f"{where}: {job.stage if job is not None else ''}")
+            self._setState(STATE_DETECTING, where)
+            return
+        self._pollTimer.stop()
+        self._batch = None
+        if batch.results:
+            last = batch.results[-1].markups
+            self._parameterNode.resultMarkups = last
+            self.showResults(last)
+        summary = f"{len(batch.results)} of {batch.total} volumes done"
+        if batch.errors:
+            summary += f", {len(batch.errors)} failed"
+            slicer.util.warningDisplay("Lesion detection failed on:\n\n" + "\n".join(
+                f"{name}: {cause}" for name, cause in batch.errors))
+        self._setState(STATE_DONE if not batch.errors else STATE_FAILED, summary)
 
     # -- results -------------------------------------------------------------------
     def showResults(self, markups) -> None:
