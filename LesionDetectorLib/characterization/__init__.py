@@ -29,7 +29,7 @@ from .measurements import axial_diameters, mean_hu, round_tenth, volume_ml
 from .nodule_type import NoduleType, classify
 from .segmentation import NoduleSegmentation, segment_nodule
 
-__all__ = ["characterize", "characterize_with_masks", "characterize_candidate", "label_volume",
+__all__ = ["characterize", "characterize_in_place", "characterize_with_masks", "characterize_candidate", "label_volume",
            "exam_lung_rads", "selected_for_characterization", "CharacterizedNodule", "CATEGORY_ORDER",
            "baseline_category", "category_rank"]
 
@@ -135,6 +135,16 @@ def characterize(volume: Volume, findings: Findings, lung_mask: Optional[Union[n
     ~25 mm from the chest wall. The input findings are not modified.
     """
     return characterize_with_masks(volume, findings, lung_mask, min_score)[0]
+
+
+def characterize_in_place(volume: Volume, findings: Findings,
+                          lung_mask: Optional[Union[np.ndarray, Volume]] = None) -> None:
+    """:func:`characterize` writing into ``findings`` itself: the batch runner's post-detection step."""
+    out = characterize(volume, findings, lung_mask)
+    for mine, theirs in zip(findings.candidates, out.candidates):
+        mine.characterization = theirs.characterization
+    findings.lung_rads = out.lung_rads
+    findings.timings_s["characterize"] = out.timings_s["characterize"]
 
 
 def label_volume(volume: Volume, nodules: Sequence[CharacterizedNodule]) -> Volume:

@@ -42,6 +42,10 @@ from ..volume import Volume
 DEFAULT_SPACING_MM = 0.5
 LUNG_AIR_HU = -500.0          # parenchyma (about -850) and most ground glass lie below; soft tissue above
 START_THRESHOLD_HU = -700.0
+MIN_CONTRAST_HU = 120.0      # a centre this close to the parenchyma holds no nodule
+GGO_MIN_HU = -750.0
+HALO_CONTRAST = 0.35
+MAX_HALO_GROWTH = 25.0
 REGROW = 0.25               # regrowth after the vessel opening, as a fraction of its radius
 MAX_HALF_SIDE_MM = 36.0
 
@@ -152,37 +156,59 @@ def _lung_side(hu: np.ndarray, spacing: float, diameter_mm: float, lung: Optiona
     return side
 
 
-def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diameter_mm: float):
-    background = float(np.median(hu[lung_side & (hu < LUNG_AIR_HU)])) if np.any(lung_side & (hu < LUNG_AIR_HU)) \
-        else float(np.percentile(hu, 20))
-    open_r = float(np.clip(0.25 * diameter_mm, 0.6, 2.5))
-    ball = _center_ball(hu.shape, spacing, max(1.5, 0.35 * diameter_mm))
-    threshold = START_THRESHOLD_HU
-    region = np.zeros(hu.shape, bool)
-    for _ in range(6):
-        raw = (hu > threshold) & lung_side
-        opened = _component_at_center(opening(raw, open_r, spacing), ball)
-        if not opened.any():
-            # Thinner than the opening ball (a tiny nodule): fall back to the raw component.
-            opened = _component_at_center(raw, ball)
-        if not opened.any():
-            return np.zeros(hu.shape, bool), threshold, background
-        region = _component_at_center(_dilate(opened, REGROW * open_r, spacing) & raw, ball)
-        core = _erode(region, 1.0, spacing)
-        values = hu[core] if core.sum() >= 8 else np.sort(hu[region])[region.sum() // 2:]
-        level = float(np.percentile(values, 25))
-        new = 0.5 * (level + background)
-        # A nodule fainter than the start threshold's reach would set a threshold inside the noise.
-        new = float(np.clip(new, background + 60.0, 0.0))
-        if abs(new - threshold) < 5.0:
-            threshold = new
-            break
-        threshold = new
-    raw = (hu > threshold) & lung_side
+def _region(hu, lung_side, threshold, open_r, spacing, ball, limit):
+    """Voxels above ``threshold`` on the lung side, vessels opened off, the piece at the centre."""
+    raw = (hu > threshold) & lung_side & limit
     opened = _component_at_center(opening(raw, open_r, spacing), ball)
     if not opened.any():
-        opened = _component_at_center(raw, ball)
-    region = _component_at_center(_dilate(opened, REGROW * open_r, spacing) & raw, ball) if opened.any() else opened
+        # Thinner than the opening ball (a tiny nodule): fall back to the raw component.
+        return _component_at_center(raw, ball)
+    return _component_at_center(_dilate(opened, REGROW * open_r, spacing) & raw, ball)
+
+
+def _plateau(hu, region, spacing) -> float:
+    """The region's level: median 1 mm inside its border (its brighter half when thinner than that)."""
+    core = _erode(region, 1.0, spacing)
+    values = hu[core] if core.sum() >= 8 else np.sort(hu[region])[region.sum() // 2:]
+    return float(np.median(values))
+
+
+def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diameter_mm: float):
+    parenchyma = lung_side & (hu < LUNG_AIR_HU)
+    background = float(np.median(hu[parenchyma])) if parenchyma.any() else float(np.percentile(hu, 20))
+    open_r = float(np.clip(0.25 * diameter_mm, 0.6, 2.5))
+    ball = _center_ball(hu.shape, spacing, max(1.5, 0.35 * diameter_mm))
+    # Leaks along vessels end at a sphere well beyond the expected nodule.
+    limit = _center_ball(hu.shape, spacing, 0.5 * (hu.shape[0] - 1) * spacing)
+    empty = np.zeros(hu.shape, bool)
+    peak = float(np.percentile(hu[_center_ball(hu.shape, spacing, max(1.5, 0.25 * diameter_mm)) & lung_side], 90)) \
+        if np.any(lung_side & ball) else background
+    if peak < background + MIN_CONTRAST_HU:
+        return empty, background + MIN_CONTRAST_HU, background
+    # Top-down: from the densest part at the centre, then each boundary at its half maximum.
+    threshold = float(np.clip(0.5 * (peak + background), background + 60.0, 0.0))
+    region = empty
+    for _ in range(6):
+        region = _region(hu, lung_side, threshold, open_r, spacing, ball, limit)
+        if not region.any():
+            return empty, threshold, background
+        new = float(np.clip(0.5 * (_plateau(hu, region, spacing) + background), background + 60.0, 0.0))
+        if abs(new - threshold) < 5.0:
+            break
+        threshold = new
+    # A ground-glass halo around a solid core: the shell just outside the core boundary stays
+    # far above the parenchyma (a blurred solid edge falls to a quarter of its contrast by then).
+    level = _plateau(hu, region, spacing)
+    dist = _ball_distance_outside(region, spacing)
+    shell = (dist > 0.5) & (dist <= 1.5) & lung_side
+    if shell.any():
+        halo = float(np.median(hu[shell]))
+        if halo > GGO_MIN_HU and halo - background >= HALO_CONTRAST * (level - background):
+            threshold = float(np.clip(0.5 * (halo + background), background + 60.0, 0.0))
+            wider = _region(hu, lung_side, threshold, open_r, spacing, ball, limit)
+            # A ground-glass halo holds up to ~20 x its core's volume; more is a leak into the lung.
+            if region.sum() < wider.sum() <= MAX_HALO_GROWTH * region.sum():
+                region = wider
     return region, threshold, background
 
 

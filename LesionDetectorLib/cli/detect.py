@@ -103,6 +103,8 @@ def register(subparsers) -> None:
                    help="at most this many candidates per scan, >= 1 (100)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="tiles per forward pass, >= 1 (default 2 GPU / 1 CPU)")
+    p.add_argument("--no-characterize", action="store_true",
+                   help="skip nodule characterization (segmentation, size, type, Lung-RADS) after detection")
     p.set_defaults(func=run)
 
 
@@ -119,6 +121,15 @@ def options_from_args(args) -> BatchOptions:
                         max_candidates=args.max_candidates, allow_non_ct=args.allow_non_ct)
 
 
+def post_detection_steps(args):
+    """Characterization runs by default (``--no-characterize`` skips it)."""
+    if getattr(args, "no_characterize", False):
+        return ()
+    from ..characterization import characterize_in_place
+
+    return (characterize_in_place,)
+
+
 def run(args) -> int:
     sink = EventSink(args.progress)
     handler = None
@@ -126,7 +137,8 @@ def run(args) -> int:
         handler = JsonlLogHandler(sink)
         logging.getLogger("lesion-detector").addHandler(handler)
     try:
-        runner = ScanBatchRunner(args.out, options_from_args(args), lambda: _load_detector(args), sink)
+        runner = ScanBatchRunner(args.out, options_from_args(args), lambda: _load_detector(args), sink,
+                                 post_detection=post_detection_steps(args))
         return runner.run(args.inputs)
     except (LesionDetectorError, ValueError, FileNotFoundError) as exc:
         if args.progress != "jsonl" or isinstance(exc, CancelledError):

@@ -8,7 +8,10 @@ version, SHA-256, operating point and threshold are the Algorithm Identification
 group (once per group: per-measurement copies would multiply the content items, and
 highdicom's build time with them). The report's evidence lists every instance of the source series.
 
-Concepts without a standard code use the private coding scheme ``99LESDET``.
+A characterized candidate (:mod:`LesionDetectorLib.characterization`) adds SCT Volume (mm3),
+Long axis, Short axis, Diameter (derivation Mean), DCM Attenuation Coefficient (Mean, HU),
+and its type, calcification and Lung-RADS v2022 category; the exam's category joins the
+patient-flag group. Concepts without a standard code use the private coding scheme ``99LESDET``.
 highdicom is an optional dependency (``pip install lesion-detector[dicom]``).
 """
 from __future__ import annotations
@@ -119,10 +122,12 @@ def build_sr(findings: Findings, source_datasets: Sequence, series_number: int =
         ]
         review = QualitativeEvaluation(name=_code("LD-REVIEW", "Review state"),
                                        value=_code(_REVIEW_CODES[c.review], c.review))
+        measurements += _characterization_measurements(c.characterization, Measurement, codes)
         groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=f"{c.id} rank {c.rank}"),
             referenced_region=region, finding_type=codes.SCT.Nodule, algorithm_id=algorithm,
-            measurements=measurements, qualitative_evaluations=[review]))
+            measurements=measurements,
+            qualitative_evaluations=[review] + _characterization_evaluations(c.characterization, QualitativeEvaluation)))
     flag = findings.patient_flag
     flag_measurements = []
     if flag.get("max_score") is not None:
@@ -136,7 +141,9 @@ def build_sr(findings: Findings, source_datasets: Sequence, series_number: int =
         algorithm_id=algorithm, measurements=flag_measurements or None,
         qualitative_evaluations=[QualitativeEvaluation(
             name=_code("LD-FLAG", "Patient-level flag"),
-            value=_code(_FLAG_CODES[flag["status"]], flag["status"]))]))
+            value=_code(_FLAG_CODES[flag["status"]], flag["status"]))]
+        + ([_lung_rads_evaluation(findings.lung_rads["category"], QualitativeEvaluation, "Exam Lung-RADS v2022 category")]
+           if findings.lung_rads else [])))
     report = MeasurementReport(observation_context=ObservationContext(observer_device_context=observer),
                                procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
                                imaging_measurements=groups)
@@ -148,6 +155,46 @@ def build_sr(findings: Findings, source_datasets: Sequence, series_number: int =
     sr.SeriesDescription = f"LesionDetector findings ({findings.model['name']})"[:64]
     sr.SoftwareVersions = f"lesion-detector {__version__}"
     return sr
+
+
+def _characterization_measurements(ch, Measurement, codes) -> List:
+    """TID 1419 measurements of a characterized nodule: SCT volume (mm3), long / short axis, mean
+    diameter (Diameter with derivation Mean), mean attenuation (HU); the solid component's mean
+    diameter has no standard concept and uses the private scheme."""
+    if not ch or ch.get("type") is None:
+        return []
+    out = [Measurement(name=codes.SCT.Volume, value=round(float(ch["volume_ml"]) * 1000.0, 1),
+                       unit=codes.UCUM.CubicMillimeter),
+           Measurement(name=codes.SCT.LongAxis, value=float(ch["long_axis_mm"]), unit=codes.UCUM.Millimeter),
+           Measurement(name=codes.SCT.ShortAxis, value=float(ch["short_axis_mm"]), unit=codes.UCUM.Millimeter),
+           Measurement(name=codes.SCT.Diameter, value=float(ch["mean_diameter_mm"]), unit=codes.UCUM.Millimeter,
+                       derivation=codes.SCT.Mean),
+           Measurement(name=codes.DCM.AttenuationCoefficient, value=float(ch["mean_hu"]),
+                       unit=codes.UCUM.HounsfieldUnit, derivation=codes.SCT.Mean)]
+    if ch.get("solid_component_mm") is not None:
+        out.append(Measurement(name=_code("LD-SOLID-DIAM", "Solid component mean diameter"),
+                               value=float(ch["solid_component_mm"]), unit=codes.UCUM.Millimeter))
+    return out
+
+
+def _lung_rads_evaluation(category: str, QualitativeEvaluation, meaning: str = "Lung-RADS v2022 category"):
+    return QualitativeEvaluation(name=_code("LD-LUNGRADS", meaning[:64]),
+                                 value=_code(f"LD-LR-{category}", f"Lung-RADS {category}"))
+
+
+def _characterization_evaluations(ch, QualitativeEvaluation) -> List:
+    """Nodule type, calcification and Lung-RADS category (private codes: no coded value set
+    for these is in pydicom's dictionary)."""
+    if not ch or ch.get("type") is None:
+        return []
+    out = [QualitativeEvaluation(name=_code("LD-TYPE", "Nodule type"),
+                                 value=_code(f"LD-TYPE-{ch['type']}", ch["type"])),
+           QualitativeEvaluation(name=_code("LD-CALC", "Benign calcification"),
+                                 value=_code("LD-YES" if ch["calcified"] else "LD-NO",
+                                             "yes" if ch["calcified"] else "no"))]
+    if ch.get("lung_rads"):
+        out.append(_lung_rads_evaluation(ch["lung_rads"], QualitativeEvaluation))
+    return out
 
 
 def write_dicom_sr(findings: Findings, path: PathLike, source_files: Sequence[PathLike]) -> Path:
