@@ -62,6 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("--abs-epochs", type=int, default=None,
                    help="epochs of one Anchor Based Sampling round (default: 30 when the preset has ABS)")
     p.add_argument("--cache", help="preprocessed-scan cache directory (default <out>/cache)")
+    p.add_argument("--hard-negatives", default=None,
+                   help="hard_negatives.csv of 'lesion-detector labels' (rejected candidates, LPS): crops are "
+                        "drawn around those on training scans with the ABS fraction")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     g = p.add_argument_group("FPRN phase on a frozen backbone (a CPU-affordable departure from joint training; "
                              "see LesionDetectorLib.training.fprn_phase)")
@@ -93,6 +96,8 @@ def check_args(args: argparse.Namespace) -> None:
                              f"(expected DL_info.csv and Images_png/<patient>_<study>_<series>/<slice>.png)")
     elif args.val_data and not Path(args.val_data).is_dir():
         raise FileNotFoundError(f"--val-data {args.val_data} is not a directory")
+    if getattr(args, "hard_negatives", None) and not Path(args.hard_negatives).is_file():
+        raise FileNotFoundError(f"--hard-negatives {args.hard_negatives} is not a file")
     for name in ("epochs", "iters", "batch_size", "fprn_steps", "fprn_batch"):
         if getattr(args, name, 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -192,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             time_budget_min=args.time_budget_min, resume=args.resume, num_workers=args.workers,
                             abs_epochs=abs_epochs, progress_bar=not args.no_progress,
+                            hard_negatives_csv=str(args.hard_negatives or ""),
                             card={"name": f"{config.name}-{Path(args.data).resolve().name}",
                                   "training_data": training_data_card(args, len(scans), len(val)),
                                   "preprocessing": preprocessing_card(args),

@@ -57,6 +57,7 @@ class TrainOptions:
     validate_every: int = 1
     abs_epochs: int = 0                 # extra epochs of the Anchor Based Sampling round
     abs_hard_fraction: float = 0.3
+    hard_negatives_csv: str = ""        # reviewers' rejected candidates (lesion-detector labels), world LPS
     progress_bar: bool = True
     card: Dict[str, object] = field(default_factory=dict)
 
@@ -135,8 +136,16 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
     total_epochs = opts.epochs + opts.abs_epochs
     total_iters = total_epochs * opts.iters_per_epoch
     budget_s = opts.time_budget_min * 60.0
+    reviewed = []
+    if opts.hard_negatives_csv:
+        from ..export.review_labels import read_hard_negatives
+        from .sampler import hard_regions_from_world
+
+        reviewed = hard_regions_from_world(train_scans, read_hard_negatives(opts.hard_negatives_csv))
+        log.info("%d reviewed hard negatives on the training scans", len(reviewed))
     dataset = CropDataset(train_scans, config.crop_size, opts.iters_per_epoch * opts.batch_size * info.world_size,
-                          seed=opts.seed, pos_fraction=opts.pos_fraction, max_diameter=config.max_train_diameter)
+                          seed=opts.seed, pos_fraction=opts.pos_fraction, max_diameter=config.max_train_diameter,
+                          reviewed_regions=reviewed, hard_fraction=opts.abs_hard_fraction if reviewed else 0.0)
     # Every rank takes its own interleaved share of the same deterministic crop sequence.
     indices = list(range(info.rank, len(dataset), info.world_size))
     loader_kw = dict(batch_size=opts.batch_size, collate_fn=collate, num_workers=opts.num_workers,

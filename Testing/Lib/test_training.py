@@ -95,3 +95,30 @@ def test_tiny_run_overfits_one_nodule_and_resumes(tmp_path):
     assert summary["iterations"] == 96
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["stage"] == "joint" and "fprn_cls" in log[-1]
+
+
+def test_reviewed_hard_negatives_become_crop_centres(tmp_path, monkeypatch):
+    """train --hard-negatives: a rejected candidate (world LPS) on a training scan is mapped to
+    crop voxels and the loop's dataset draws crops around it."""
+    from LesionDetectorLib.luna16_format import Annotation, write_annotations
+    from LesionDetectorLib.training import loop, sampler
+
+    scan = sphere_scan()
+    centre_zyx = np.array([10.0, 30.0, 12.0])
+    x, y, z = scan.to_world(centre_zyx)[0]
+    csv_path = write_annotations(tmp_path / "hard_negatives.csv", [Annotation(scan.uid, x, y, z, 6.0)])
+    seen = {}
+
+    class Recording(sampler.CropDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen["regions"] = list(self.hard_regions)
+            seen["fraction"] = self.hard_fraction
+
+    monkeypatch.setattr(loop, "CropDataset", Recording)
+    config = ModelConfig.preset("tiny", **CFG)
+    opts = TrainOptions(out_dir=str(tmp_path / "run"), epochs=1, iters_per_epoch=1, progress_bar=False,
+                        hard_negatives_csv=str(csv_path), abs_hard_fraction=0.4)
+    train_model(config, [scan], [], opts)
+    assert len(seen["regions"]) == 1 and seen["fraction"] == 0.4
+    assert np.allclose(seen["regions"][0][1], centre_zyx, atol=1e-6)
