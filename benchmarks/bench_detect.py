@@ -47,12 +47,28 @@ def chest_scan(slices: int, seed: int = 0):
     return Volume(hu, spacing, origin, np.eye(3), {"SeriesInstanceUID": "bench.1"})
 
 
+def _cpu_model() -> str:
+    """The CPU model and its bf16 support (the choice of precision depends on it)."""
+    from LesionDetectorLib.inference.engine import cpu_has_native_bf16
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model directory or bundled name (default: random luna16 weights)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="auto: bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32")
+    parser.add_argument("--tile", type=int, default=None, help="inference tile (default: the card's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,7 +86,7 @@ def main() -> int:
             save_pretrained(build_model(ModelConfig.preset("luna16")), Path(tmp) / "m",
                             {"name": "luna16-random", "version": "bench"})
             model_dir = Path(tmp) / "m"
-        detector = Detector.from_pretrained(model_dir, device=args.device)
+        detector = Detector.from_pretrained(model_dir, device=args.device, precision=args.precision, tile=args.tile)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         tracemalloc.start()
         findings = detector(volume)
@@ -79,12 +95,13 @@ def main() -> int:
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
     t = findings.timings_s
     prov = findings.provenance
-    cpu = f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
+    cpu = f"{os.cpu_count()} CPUs ({_cpu_model()})"
     print(f"### Detection end to end ({findings.model['name']}, {prov['device']}, {cpu}, torch {prov['torch_version']})")
     print()
     print(f"Scan 512 x 512 x {args.slices} at 0.7 x 0.7 x 1.25 mm (generated in {t_gen:.1f} s, not timed); "
           f"{prov['n_tiles']} tiles of {'x'.join(map(str, prov['tile']))}, overlap {prov['overlap']}; "
-          f"op backend: {prov['op_backend']}.")
+          f"{prov.get('n_tiles_planned', prov['n_tiles']) - prov['n_tiles']} empty tiles skipped; "
+          f"precision {prov.get('precision')}; op backend: {prov['op_backend']}.")
     print()
     print("| stage | seconds |")
     print("|---|---:|")
