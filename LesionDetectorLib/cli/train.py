@@ -74,6 +74,10 @@ def register(subparsers) -> None:
     g.add_argument("--init", default=None, help="model directory or bundled model name to start from (--fprn-phase)")
     g.add_argument("--fprn-steps", type=int, default=150, help="training steps per FPRN-phase epoch (150)")
     g.add_argument("--fprn-batch", type=int, default=192, help="RoIs per FPRN-phase step (192)")
+    g.add_argument("--fprn-scans", type=int, default=0,
+                   help="harvest only the first N training scans (0: all; each costs one detection pass)")
+    g.add_argument("--fprn-val-scans", type=int, default=0,
+                   help="harvest only the first N validation scans for the epoch choice (0: all)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="harvest precision (auto: bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA)")
     p.set_defaults(func=run)
@@ -101,6 +105,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "iters", "batch_size", "fprn_steps", "fprn_batch"):
         if getattr(args, name, 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("fprn_scans", "fprn_val_scans"):
+        if getattr(args, name, 0) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
     if getattr(args, "fprn_phase", False) and not args.init:
         raise ValueError("--fprn-phase needs --init MODEL (the trained model whose backbone is frozen)")
 
@@ -217,6 +224,10 @@ def _run_fprn_phase(args: argparse.Namespace, scans, val, out: Path, info) -> in
         raise ValueError("--fprn-phase runs in one process (its harvest is cheap); start it without torchrun")
     opts = FprnPhaseOptions(epochs=args.epochs, steps_per_epoch=args.fprn_steps, batch_size=args.fprn_batch,
                             lr=args.lr, seed=args.seed, time_budget_min=args.time_budget_min)
+    if args.fprn_scans > 0:
+        scans = scans[:args.fprn_scans]
+    if args.fprn_val_scans > 0:
+        val = val[:args.fprn_val_scans]
     summary = run_fprn_phase(args.init, scans, val, str(out), opts, device=info.device, precision=args.precision,
                              card_extra={"command": shlex.join(["lesion-detector", *getattr(args, "argv", [])])})
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=float))
