@@ -106,6 +106,9 @@ def check_metaimage(path: str, source: str) -> None:
     else:
         data_path = data_file if os.path.isabs(data_file) else os.path.join(os.path.dirname(path), data_file)
         start = 0
+        if os.path.exists(data_path) and not os.path.isfile(data_path):
+            raise VolumeError(f"{source}: its pixel data file '{data_path}' is not a regular file (a folder, "
+                              "FIFO or device); it was not opened.")
         if not os.path.isfile(data_path):
             raise VolumeError(f"{source}: its pixel data file '{data_path}' is missing "
                               "(copy the .raw file that belongs next to the .mhd header).")

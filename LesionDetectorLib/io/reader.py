@@ -33,6 +33,36 @@ def file_format(path: str) -> str:
     return ""
 
 
+def _check_detached_data(path: str, fmt: str, source: str) -> None:
+    """The data files a detached NRRD header (``.nhdr``) or an Analyze/NIfTI ``.hdr`` names must be
+    regular files: ITK would block forever on a FIFO and read a device without end."""
+    names = []
+    lower = path.lower()
+    if fmt == "nrrd":
+        with open(path, "rb") as f:
+            lines = f.read(1 << 16).decode("latin-1").splitlines()
+        for i, line in enumerate(lines):
+            key, sep, value = line.partition(":")
+            if not sep or key.strip().lower() not in ("data file", "datafile"):
+                continue
+            value = value.lstrip("=").strip()
+            if value.upper().startswith("LIST"):
+                names = [n.strip() for n in lines[i + 1:] if n.strip()]
+            elif "%" not in value:  # a numbered pattern: ITK checks each file
+                names = [value]
+            break
+    elif lower.endswith(".hdr"):
+        names = [os.path.basename(path)[:-4] + ext for ext in (".img", ".img.gz")]
+        names = [n for n in names if os.path.lexists(os.path.join(os.path.dirname(path), n))][:1]
+    for name in names:
+        data = name if os.path.isabs(name) else os.path.join(os.path.dirname(path), name)
+        if not os.path.exists(data):
+            raise VolumeError(f"{source}: its pixel data file '{data}' is missing.")
+        if not os.path.isfile(data):
+            raise VolumeError(f"{source}: its pixel data file '{data}' is not a regular file (a folder, FIFO or "
+                              "device); it was not opened.")
+
+
 def _is_dicom_file(path: str) -> bool:
     """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
     with open(path, "rb") as f:
@@ -45,6 +75,8 @@ def _read_image_file(path: str, allow_non_ct: bool) -> Volume:
     fmt = file_format(path)
     if fmt in ("mhd", "mha"):
         check_metaimage(path, source)  # before ITK, which trusts a lying header
+    else:
+        _check_detached_data(path, fmt, source)
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     reader.LoadPrivateTagsOff()

@@ -392,6 +392,35 @@ def test_output_folder_inside_the_searched_folder_is_not_searched(tmp_path, caps
     assert "already done" in stdout and len(model_calls) == 1
 
 
+def _nhdr(tmp_path, data_file_line: str) -> Path:
+    path = tmp_path / "scan.nhdr"
+    path.write_text("NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 16 16 12\n"
+                    "space directions: (4,0,0) (0,4,0) (0,0,4)\nendian: little\nencoding: raw\n"
+                    f"space origin: (0,0,0)\n{data_file_line}\n\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "missing", "list with a fifo"])
+def test_a_header_naming_a_special_data_file_never_opens_it(tmp_path, kind):
+    os.mkfifo(tmp_path / "pipe.raw")
+    (tmp_path / "dir.raw").mkdir()
+    (tmp_path / "ok.raw").write_bytes(b"\0" * GOOD_BYTES)
+    name = {"fifo": "pipe.raw", "device": "/dev/zero", "folder": "dir.raw", "missing": "gone.raw",
+            "list with a fifo": None}[kind]
+    message = "is missing" if kind == "missing" else "not a regular file"
+    mhd = tmp_path / "scan.mhd"
+    mhd.write_text("".join(f"{k} = {v}\n" for k, v in GOOD_HEADER.items()) + f"ElementDataFile = {name or 'pipe.raw'}\n")
+    for header in (_nhdr(tmp_path, f"data file: {name}" if name else "data file: LIST\nok.raw\npipe.raw"), mhd):
+        with pytest.raises(VolumeError, match=message):
+            read_volume(header)
+
+
+def test_good_detached_nrrd_is_read(tmp_path):
+    (tmp_path / "ok.raw").write_bytes(np.full((12, 16, 16), -700, dtype="<i2").tobytes())
+    vol = read_volume(_nhdr(tmp_path, "data file: ok.raw"))
+    assert vol.array.shape == (12, 16, 16) and float(vol.array.mean()) == -700.0
+
+
 def test_read_volume_never_opens_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "x.nrrd")
     with pytest.raises(VolumeError, match="not a regular file"):
