@@ -536,19 +536,27 @@ def _finished_folders(out: Path) -> List[Path]:
     return sorted(p.parent for p in out.glob(f"*/{FILES['json']}") if not p.parent.name.startswith("."))
 
 
-def submission_uids(out: Path) -> List[Tuple[Path, Any, str]]:
+def submission_uids(out: Path, problems: Optional[List[str]] = None) -> List[Tuple[Path, Any, str]]:
     """``(folder, findings, seriesuid)`` for every finished scan of ``out``.
 
     A scan's seriesuid is :func:`luna16_seriesuid` (as in its own ``luna16.csv``). When several
     folders still carry the same one (two copies of one DICOM series), the first folder in name
     order keeps it and the others are named by their folder, so no two scans share a seriesuid.
+    A folder whose ``findings.json`` cannot be read (edited by hand, from a newer version) is left
+    out and described in ``problems`` when a list is given, else raises ``ValueError``.
     """
     from .export import read_findings_json
 
     rows = []
     used: set = set()
     for folder in _finished_folders(out):
-        findings = read_findings_json(folder / FILES["json"])
+        try:
+            findings = read_findings_json(folder / FILES["json"])
+        except (ValueError, OSError) as exc:
+            if problems is None:
+                raise
+            problems.append(f"{folder.name} left out: {exc}")
+            continue
         uid = luna16_seriesuid(findings, folder.name)
         if uid in used:
             uid = folder.name
@@ -557,11 +565,11 @@ def submission_uids(out: Path) -> List[Tuple[Path, Any, str]]:
     return rows
 
 
-def write_submission(out: Path) -> Optional[Path]:
-    """``luna16_submission.csv`` over every finished scan folder in ``out``."""
+def write_submission(out: Path, problems: Optional[List[str]] = None) -> Optional[Path]:
+    """``luna16_submission.csv`` over every finished scan folder in ``out`` (see :func:`submission_uids`)."""
     from .export import write_luna16_csv
 
-    rows = submission_uids(out)
+    rows = submission_uids(out, problems)
     if not rows:
         return None
     return write_luna16_csv([f for _, f, _ in rows], out / SUBMISSION, series_uids=[u for _, _, u in rows])
@@ -754,10 +762,13 @@ class ScanBatchRunner:
                 self.sink.warning(f"{scan.path}: {text}")
             if "csv" in opts.formats:
                 # Refreshed after every scan so it is complete even if a later scan is interrupted.
+                left_out: List[str] = []
                 try:
-                    result.written["submission"] = write_submission(self.out)
+                    result.written["submission"] = write_submission(self.out, left_out)
                 except (LesionDetectorError, ValueError, OSError) as exc:
                     self.sink.warning(f"{SUBMISSION} was not refreshed: {exc}")
+                for text in left_out:
+                    self.sink.warning(f"{SUBMISSION}: {text}")
             self.sink.message("written: " + ", ".join(str(p) for p in result.written.values() if p))
             self.sink.emit({"event": "done", "findings": str(result.written["json"])})
         if failures:

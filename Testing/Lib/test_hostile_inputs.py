@@ -703,6 +703,18 @@ def test_a_changed_scan_is_redone_in_its_folder(tmp_path, capsys, chest_phantom,
     assert_no_partial(out)
 
 
+def test_an_unreadable_findings_file_elsewhere_is_left_out_of_the_submission(tmp_path, capsys, chest_phantom,
+                                                                           model_calls):
+    out = tmp_path / "out"
+    (out / "edited").mkdir(parents=True)
+    (out / "edited" / "findings.json").write_text('{"schema": "lesion-detector/findings", "candidates": NaN}')
+    path = write_volume(phantom(chest_phantom), tmp_path / "scan.mhd")
+    code, stdout, _ = cli(["detect", path, "--out", str(out), "--progress", "none"], capsys)
+    assert code == 0 and "luna16_submission.csv: edited left out" in stdout
+    rows = list(csv.DictReader(open(out / "luna16_submission.csv", newline="")))
+    assert [r["seriesuid"] for r in rows] == ["scan"]
+
+
 def test_the_same_input_twice_is_done_once(tmp_path, capsys, chest_phantom, model_calls):
     path = write_volume(phantom(chest_phantom), tmp_path / "scan.mhd")
     out = tmp_path / "out"
