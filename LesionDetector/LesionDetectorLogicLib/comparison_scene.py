@@ -12,6 +12,10 @@ Two pieces for the module's widget, both testable with slicer-core alone:
   prior view is centred where the registration puts it in the prior scan, for a ``resolved``
   one the current view where it would be now, so the reader sees the same anatomy in both.
 
+:func:`prior_series_for` finds the same patient's earlier CT series in Slicer's DICOM
+database (``slicer.dicomDatabase``, a ``ctkDICOMDatabase``), newest first, for the "prior"
+selector.
+
 RAS appears only here, at the MRML boundary; the file and the library are LPS.
 """
 from __future__ import annotations
@@ -156,3 +160,40 @@ def centre_views_on_pair(scene, doc: Dict[str, Any], pair_index: int, current_vo
         slice_node.JumpSliceByCentering(*ras)
         out[key] = ras
     return out
+
+
+_STUDY_DATE, _MODALITY, _DESCRIPTION = "0008,0020", "0008,0060", "0008,103e"
+
+
+def prior_series_for(db, current_series_uid: str, modality: str = "CT") -> List[Dict[str, str]]:
+    """The same patient's series from studies dated before the current series' study, newest first.
+
+    ``db`` is ``slicer.dicomDatabase`` (``studyForSeries``, ``patientForStudy``,
+    ``studiesForPatient``, ``seriesForStudy``, ``filesForSeries``, ``fileValue``). Each entry:
+    ``{"series_uid", "study_uid", "study_date" (YYYYMMDD), "description"}``. Studies without a
+    StudyDate cannot be ordered and are left out.
+    """
+    def first_value(series_uid: str, tag: str) -> str:
+        files = list(db.filesForSeries(series_uid))
+        return str(db.fileValue(files[0], tag)).strip() if files else ""
+
+    current_study = db.studyForSeries(current_series_uid)
+    if not current_study:
+        raise ValueError(f"series {current_series_uid!r} is not in the DICOM database")
+    current_date = first_value(current_series_uid, _STUDY_DATE)
+    if not current_date:
+        raise ValueError("the current series has no StudyDate, so no study can be called earlier")
+    patient = db.patientForStudy(current_study)
+    found = []
+    for study in db.studiesForPatient(patient):
+        if study == current_study:
+            continue
+        for series in db.seriesForStudy(study):
+            date = first_value(series, _STUDY_DATE)
+            if not date or date >= current_date:
+                continue
+            if modality and first_value(series, _MODALITY) != modality:
+                continue
+            found.append({"series_uid": str(series), "study_uid": str(study), "study_date": date,
+                          "description": first_value(series, _DESCRIPTION)})
+    return sorted(found, key=lambda e: e["study_date"], reverse=True)

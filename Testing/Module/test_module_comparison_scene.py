@@ -99,3 +99,47 @@ def test_missing_view_is_an_error(scene):
     current, _ = add_volume(scene, np.zeros((4, 5, 6), np.int16), oblique_ijk_to_ras(), "current")
     with pytest.raises(ValueError, match="no slice view"):
         comparison_scene.centre_views_on_pair(scene, _doc(), 0, current, current)
+
+
+class FakeDicomDatabase:
+    """The ctkDICOMDatabase calls prior_series_for uses, over a dict of series."""
+
+    def __init__(self, series):
+        self.series = series          # uid -> (patient, study, {tag: value})
+
+    def studyForSeries(self, uid):
+        return self.series.get(uid, (None, "", None))[1]
+
+    def patientForStudy(self, study):
+        return next(p for p, s, _ in self.series.values() if s == study)
+
+    def studiesForPatient(self, patient):
+        return sorted({s for p, s, _ in self.series.values() if p == patient})
+
+    def seriesForStudy(self, study):
+        return [u for u, (_, s, _) in self.series.items() if s == study]
+
+    def filesForSeries(self, uid):
+        return [f"{uid}/1.dcm"]
+
+    def fileValue(self, path, tag):
+        return self.series[path.split("/")[0]][2].get(tag, "")
+
+
+def test_prior_series_are_the_same_patients_earlier_ct_newest_first():
+    ct = lambda date, desc="CHEST": {"0008,0020": date, "0008,0060": "CT", "0008,103e": desc}
+    db = FakeDicomDatabase({
+        "cur": ("P1", "S2026", ct("20260304")),
+        "older": ("P1", "S2024", ct("20240301", "LDCT 2024")),
+        "prior": ("P1", "S2025", ct("20250304", "LDCT 2025")),
+        "prior_sr": ("P1", "S2025", {"0008,0020": "20250304", "0008,0060": "SR"}),
+        "later": ("P1", "S2027", ct("20270301")),
+        "undated": ("P1", "SX", ct("")),
+        "other_patient": ("P2", "Q2025", ct("20250101")),
+    })
+    found = comparison_scene.prior_series_for(db, "cur")
+    assert [f["series_uid"] for f in found] == ["prior", "older"]
+    assert found[0] == {"series_uid": "prior", "study_uid": "S2025", "study_date": "20250304",
+                        "description": "LDCT 2025"}
+    with pytest.raises(ValueError, match="not in the DICOM database"):
+        comparison_scene.prior_series_for(db, "nope")
