@@ -15,7 +15,6 @@ validation CPM, or the last one without validation data, as ``save_pretrained`` 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..inference.device import memory_format_for
+from ..inference.engine import autocast_for, cpu_has_native_bf16
 from ..model import ModelConfig, build_model, save_pretrained
 from .cache import CachedScan
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -51,7 +51,7 @@ class TrainOptions:
     time_budget_min: float = 0.0        # > 0: stop (and finish the schedule) within this wall time
     resume: bool = False
     num_workers: int = 0
-    amp: bool = True                    # on CUDA only
+    amp: bool = True                    # fp16 autocast on CUDA, bf16 on CPUs with native bf16
     channels_last: bool = True          # the device's preferred layout (inference.device.memory_format_for)
     pos_fraction: float = 0.5
     validate_every: int = 1
@@ -126,6 +126,11 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     use_amp = opts.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # bf16 autocast on CPUs that run bf16 natively (AMX / AVX512-BF16): ~2x faster convolutions;
+    # bf16 keeps fp32's exponent range, so no loss scaling is needed.
+    cpu_bf16 = opts.amp and device.type == "cpu" and cpu_has_native_bf16()
+    precision = "fp16" if use_amp else ("bf16" if cpu_bf16 else "fp32")
+    state_precision = precision
     stage = "rpn"
     state = {"epoch": 0, "iteration": 0, "best_cpm": -1.0, "elapsed_s": 0.0, "abs_done": False}
     if opts.resume and (out / "checkpoint").is_dir():
@@ -187,8 +192,7 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
             images = images.to(device, non_blocking=True)
             images = images.contiguous(memory_format=layout)
             targets = [t.to(device) for t in targets]
-            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-            with autocast:
+            with autocast_for(precision, device):
                 losses = ddp_model(images, targets)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -212,7 +216,8 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
             bar.close()
         state["epoch"] += 1
         state["elapsed_s"] = time.time() - start_time
-        record = {"epoch": state["epoch"], "iteration": state["iteration"], "stage": stage,
+        state["precision"] = state_precision
+        record = {"epoch": state["epoch"], "iteration": state["iteration"], "stage": stage, "precision": state_precision,
                   "epoch_s": round(time.time() - t_epoch, 2)}
         record.update({k: all_reduce_mean(v / max(n, 1), info) for k, v in sums.items()})
         final = stop or state["epoch"] >= total_epochs
@@ -249,6 +254,7 @@ def _save_model(model, directory: Path, opts: TrainOptions, state, result) -> No
     card["training"] = dict(card.get("training") or {}, epochs=state["epoch"], iterations=state["iteration"],
                             seed=opts.seed, wall_time_min=round(float(state["elapsed_s"]) / 60.0, 1),
                             hardware=hardware_description(next(model.parameters()).device),
+                            precision=state.get("precision", "fp32"),
                             options={k: v for k, v in asdict(opts).items() if k not in ("card", "out_dir")})
     if result is not None:
         from ..evaluation.operating_points import operating_points_dict
