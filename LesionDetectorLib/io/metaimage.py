@@ -84,7 +84,11 @@ def check_metaimage(path: str, source: str) -> None:
     if "NDims" in h and h["NDims"].strip() != str(len(dims)):
         raise VolumeError(f"{source} has an inconsistent header: NDims {h['NDims']} but DimSize {h['DimSize']}.")
     for key in _NUMERIC:
-        _numbers(h, key, source)
+        values = _numbers(h, key, source)
+        expected_n = len(dims) ** 2 if key in ("TransformMatrix", "Rotation", "Orientation") else len(dims)
+        if values is not None and len(values) != expected_n:
+            raise VolumeError(f"{source} has an inconsistent header: {key} has {len(values)} values for "
+                              f"{len(dims)} dimensions (DimSize {h['DimSize']}).")
     element = h.get("ElementType", "")
     if element not in ELEMENT_BYTES:
         raise VolumeError(f"{source} has an unknown ElementType '{element}' in its header "
