@@ -167,6 +167,41 @@ def _findings_at(volume, items):
     return truth_findings(pair_like, "prior")
 
 
+def summarize(state, args) -> dict:
+    """The reported numbers from the per-pair rows (also of a partial run's ``--json`` dump)."""
+    growth_rows, self_rows, reg_err = state["growth_rows"], state["self_rows"], state["reg_err"]
+    big = [g for g in growth_rows if g["true_max_mm"] >= 6.0]
+    changed = [g for g in big if g["added"]]
+    dchange = np.array([g["change_mm"] - g["true_change_mm"] for g in big])
+    self_big = [s for s in self_rows if s["diameter_mm"] >= 6.0]
+    return {
+        "date": date.today().isoformat(), "machine": cpu_model(), "command": " ".join(["python"] + sys.argv),
+        "pairs": state["done_pairs"], "size": args.size, "sizes": args.sizes,
+        "matching_accuracy": state["right"] / max(state["items"], 1), "matching_items": state["items"],
+        "growth_status_accuracy_ge6mm": sum(g["status"] == g["true_status"] for g in big) / max(len(big), 1),
+        "growth_nodules_ge6mm": len(big),
+        "growth_status_accuracy_changed_ge6mm": sum(g["status"] == g["true_status"] for g in changed)
+        / max(len(changed), 1),
+        "changed_nodules_ge6mm": len(changed),
+        "growth_confusion_ge6mm": {f"{t}->{p}": sum(1 for g in big if g["true_status"] == t and g["status"] == p)
+                                   for t in ("grown", "shrunk", "stable") for p in ("grown", "shrunk", "stable")},
+        "diameter_change_error_mm": {"mean_abs": float(np.abs(dchange).mean()) if len(dchange) else None,
+                                     "p90_abs": float(np.percentile(np.abs(dchange), 90)) if len(dchange) else None},
+        "registration_point_error_mm": {"mean": float(np.mean(reg_err)), "p95": float(np.percentile(reg_err, 95)),
+                                        "max": float(np.max(reg_err))},
+        "surface_mean_mm": float(np.mean(state["surface"])),
+        "registration_s": float(np.mean(state.get("reg_times") or [np.nan])),
+        "self_match": {"findings": len(self_rows), "ok": sum(s["ok"] for s in self_rows),
+                       "findings_ge6mm": len(self_big), "ok_ge6mm": sum(s["ok"] for s in self_big),
+                       "paired_with_itself": sum(s["same"] for s in self_rows),
+                       "stable": sum(s["status"] == "stable" for s in self_rows),
+                       "max_abs_d_diameter_mm": max((abs(s["d_diameter_mm"]) for s in self_rows
+                                                     if s["d_diameter_mm"] is not None), default=None),
+                       "max_abs_d_volume_pct": max((abs(s["d_volume_pct"]) for s in self_rows
+                                                    if s["d_volume_pct"] is not None), default=None)},
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=10)
@@ -175,7 +210,11 @@ def main(argv=None) -> int:
     ap.add_argument("--real-ct", type=Path, default=None)
     ap.add_argument("--sizes", default="characterization", choices=("characterization", "truth"))
     ap.add_argument("--json", type=Path, default=None, help="write the raw results here (after every pair)")
+    ap.add_argument("--summarize", type=Path, default=None, help="only print the numbers of an earlier --json dump")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print(json.dumps(summarize(json.loads(args.summarize.read_text()), args), indent=2))
+        return 0
     global SIZES
     SIZES = args.sizes
     t0 = time.perf_counter()
@@ -202,36 +241,14 @@ def main(argv=None) -> int:
         if args.json:
             args.json.write_text(json.dumps({"done_pairs": k + 1, "right": right, "items": items,
                                              "growth_rows": growth_rows, "self_rows": self_rows,
-                                             "reg_err": reg_err, "surface": surf}, indent=1, default=float))
-    big = [g for g in growth_rows if g["true_max_mm"] >= 6.0]
-    big_ok = sum(g["status"] == g["true_status"] for g in big)
-    changed = [g for g in big if g["added"]]
-    dchange = np.array([g["change_mm"] - g["true_change_mm"] for g in big])
-    self_big = [s for s in self_rows if s["diameter_mm"] >= 6.0]
-    real = real_ct_self_match(args.real_ct, np.random.default_rng(args.seed)) if args.real_ct else []
-    summary = {
-        "date": date.today().isoformat(), "machine": cpu_model(), "command": " ".join(["python"] + sys.argv),
-        "pairs": args.pairs, "size": args.size, "sizes": args.sizes,
-        "matching_accuracy": right / max(items, 1), "matching_items": items,
-        "growth_status_accuracy_ge6mm": big_ok / max(len(big), 1), "growth_nodules_ge6mm": len(big),
-        "growth_status_accuracy_changed_ge6mm": sum(g["status"] == g["true_status"] for g in changed) / max(len(changed), 1),
-        "changed_nodules_ge6mm": len(changed),
-        "diameter_change_error_mm": {"mean_abs": float(np.abs(dchange).mean()) if len(dchange) else None,
-                                     "p90_abs": float(np.percentile(np.abs(dchange), 90)) if len(dchange) else None},
-        "registration_point_error_mm": {"mean": float(np.mean(reg_err)), "p95": float(np.percentile(reg_err, 95)),
-                                        "max": float(np.max(reg_err))},
-        "surface_mean_mm": float(np.mean(surf)), "registration_s": float(np.mean(reg_times)),
-        "self_match": {"findings": len(self_rows), "ok": sum(s["ok"] for s in self_rows),
-                       "findings_ge6mm": len(self_big), "ok_ge6mm": sum(s["ok"] for s in self_big),
-                       "paired_with_itself": sum(s["same"] for s in self_rows),
-                       "stable": sum(s["status"] == "stable" for s in self_rows),
-                       "max_abs_d_diameter_mm": max((abs(s["d_diameter_mm"]) for s in self_rows
-                                                     if s["d_diameter_mm"] is not None), default=None),
-                       "max_abs_d_volume_pct": max((abs(s["d_volume_pct"]) for s in self_rows
-                                                    if s["d_volume_pct"] is not None), default=None)},
-        "real_ct_self_match": real,
-        "seconds": time.perf_counter() - t0,
-    }
+                                             "reg_err": reg_err, "surface": surf, "reg_times": reg_times},
+                                            indent=1, default=float))
+    state = {"done_pairs": args.pairs, "right": right, "items": items, "growth_rows": growth_rows,
+             "self_rows": self_rows, "reg_err": reg_err, "surface": surf, "reg_times": reg_times}
+    summary = summarize(state, args)
+    summary["real_ct_self_match"] = real_ct_self_match(args.real_ct, np.random.default_rng(args.seed)) \
+        if args.real_ct else []
+    summary["seconds"] = time.perf_counter() - t0
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "growth_rows": growth_rows, "self_rows": self_rows},
