@@ -25,7 +25,7 @@ from ..coordinates import index_to_world, resample_to_grid, sub_grid, world_to_i
 from ..findings import Candidate, Findings
 from ..volume import Volume
 from .lung_rads import CATEGORY_ORDER, baseline_category, category_rank, exam_category
-from .measurements import axial_diameters, mean_hu, round_tenth, volume_ml
+from .measurements import axial_diameters, mean_hu, partial_volume_ml, volume_ml
 from .nodule_type import NoduleType, classify
 from .segmentation import NoduleSegmentation, segment_nodule
 
@@ -63,7 +63,9 @@ def characterize_candidate(volume: Volume, candidate: Candidate,
     ch = {
         "type": kind.type,
         "calcified": bool(kind.calcified),
-        "volume_ml": round(volume_ml(seg.mask, s), 4),
+        "volume_ml": round(partial_volume_ml(seg.hu, seg.mask, seg.lung, s, seg.background_hu,
+                                             2.0 * seg.threshold_hu - seg.background_hu), 4),
+        "mask_volume_ml": round(volume_ml(seg.mask, s), 4),
         "long_axis_mm": axes.long_axis_mm,
         "short_axis_mm": axes.short_axis_mm,
         "mean_diameter_mm": axes.mean_diameter_mm,

@@ -77,6 +77,26 @@ def volume_ml(mask: np.ndarray, spacing_mm: float) -> float:
     return float(np.count_nonzero(mask)) * float(spacing_mm) ** 3 / 1000.0
 
 
+def partial_volume_ml(hu: np.ndarray, mask: np.ndarray, allowed: np.ndarray, spacing_mm: float,
+                      background_hu: float, level_hu: float, margin_mm: float = 1.0) -> float:
+    """Volume (mL) from each voxel's fractional occupancy ``(HU - background) / (level - background)``
+    clipped to [0, 1], over the mask grown by ``margin_mm`` (within ``allowed``).
+
+    Blur conserves the intensity integral, so this is unbiased where a half-maximum mask is
+    not: a blurred sphere's half-maximum surface lies ~sigma^2 / R inside the true one (-12 %
+    volume at 8 mm, 0.8 mm blur). Voxels above ``level`` count once, so a solid core or a
+    calcification inside a ground-glass halo does not count twice.
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any() or not level_hu > background_hu:
+        return volume_ml(mask, spacing_mm)
+    from .segmentation import _dilate   # local: segmentation imports nothing from here
+
+    zone = (_dilate(mask, margin_mm, spacing_mm) & allowed) | mask
+    frac = np.clip((hu[zone] - background_hu) / (level_hu - background_hu), 0.0, 1.0)
+    return float(frac.sum()) * float(spacing_mm) ** 3 / 1000.0
+
+
 def mean_hu(hu: np.ndarray, mask: np.ndarray) -> Optional[float]:
     """Mean attenuation (HU) inside the mask; None for an empty mask."""
     mask = np.asarray(mask, bool)
