@@ -21,15 +21,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..coordinates import index_to_world, resample_to_grid, sub_grid, world_to_index
+from ..coordinates import Geometry, index_to_world, resample_to_grid, sub_grid, world_to_index
 from ..findings import Candidate, Findings
 from ..volume import Volume
 from .lung_rads import CATEGORY_ORDER, baseline_category, category_rank, exam_category
 from .measurements import axial_diameters, mean_hu, partial_volume_ml, volume_ml
-from .nodule_type import NoduleType, classify
+from .nodule_type import SOLID_HU, NoduleType, classify
 from .segmentation import NoduleSegmentation, segment_nodule
 
-__all__ = ["characterize", "characterize_in_place", "characterize_with_masks", "characterize_candidate", "label_volume",
+__all__ = ["characterize", "characterize_in_place", "remeasure_mask", "characterize_with_masks", "characterize_candidate", "label_volume",
            "exam_lung_rads", "selected_for_characterization", "CharacterizedNodule", "CATEGORY_ORDER",
            "baseline_category", "category_rank"]
 
@@ -147,6 +147,52 @@ def characterize_in_place(volume: Volume, findings: Findings,
         mine.characterization = theirs.characterization
     findings.lung_rads = out.lung_rads
     findings.timings_s["characterize"] = out.timings_s["characterize"]
+
+
+def remeasure_mask(volume: Volume, mask: np.ndarray, characterization: Dict[str, Any],
+                   spacing_mm: float = 0.5) -> Dict[str, Any]:
+    """A characterization re-measured from an edited mask (bool ``[z, y, x]`` in ``volume``'s grid).
+
+    Sizes, volume (voxel count: an edited mask is what the reader drew), mean HU and, for a
+    part-solid nodule, the solid component are recomputed; type, calcification and position
+    flags are kept (the reader edited the outline, not the density), and the Lung-RADS
+    category follows the new sizes.
+    """
+    mask = np.asarray(mask, bool)
+    out = dict(characterization)
+    if not mask.any():
+        out.update(volume_ml=0.0, long_axis_mm=None, short_axis_mm=None, mean_diameter_mm=None, mean_hu=None,
+                   solid_component_mm=None, lung_rads=None, note="the segment is empty")
+        return out
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0) - 1, idx.max(0) + 2
+    lo, hi = np.maximum(lo, 0), np.minimum(hi, mask.shape)
+    box = sub_grid(volume, lo, hi - lo)
+    crop = Volume(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32), box.spacing, box.origin,
+                  box.direction)
+    hu_crop = Volume(np.asarray(volume.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], np.float32), box.spacing,
+                     box.origin, box.direction)
+    extent = (np.asarray(box.shape_zyx) - 1) * box.spacing_zyx
+    iso = Geometry(tuple(int(n) for n in np.floor(extent / spacing_mm + 1e-6).astype(int) + 1),
+                   np.full(3, spacing_mm), box.origin, box.direction)
+    local = resample_to_grid(crop, iso, "linear", 0.0, np.float32).array > 0.5
+    hu = resample_to_grid(hu_crop, iso, "linear", -1024.0, np.float32).array
+    axes = axial_diameters(local, spacing_mm)
+    if axes is None:          # thinner than the fine grid's sampling: measure on the voxels
+        return out
+    solid_mm = None
+    if out.get("type") == "part-solid":
+        solid_axes = axial_diameters(local & (hu > SOLID_HU), spacing_mm)
+        solid_mm = solid_axes.mean_diameter_mm if solid_axes is not None else 0.0
+    out.update(volume_ml=round(float(mask.sum()) * float(np.prod(volume.spacing)) / 1000.0, 4),
+               long_axis_mm=axes.long_axis_mm, short_axis_mm=axes.short_axis_mm,
+               mean_diameter_mm=axes.mean_diameter_mm, mean_hu=round(float(np.asarray(volume.array)[mask].mean()), 1),
+               solid_component_mm=solid_mm, method="re-measured from an edited segment")
+    if out.get("type") in ("solid", "part-solid", "ground-glass"):
+        out["lung_rads"] = baseline_category(out["type"], axes.mean_diameter_mm, solid_mm, bool(out.get("calcified")),
+                                             bool(out.get("juxta_pleural")), bool(out.get("perifissural")),
+                                             bool(out.get("benign_shape")))
+    return out
 
 
 def label_volume(volume: Volume, nodules: Sequence[CharacterizedNodule]) -> Volume:
