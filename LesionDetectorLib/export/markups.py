@@ -65,6 +65,14 @@ def description_parts(candidate, review: Optional[str] = None) -> List[Tuple[str
             parts.append((key, f"{float(value):.3f}"))
     if _get(candidate, "rank") is not None:
         parts.append(("rank", str(int(_get(candidate, "rank")))))
+    ch = _get(candidate, "characterization")
+    if ch and ch.get("type"):
+        parts.append(("type", ch["type"] + (" calcified" if ch.get("calcified") else "")))
+        parts.append(("size", f"{float(ch['mean_diameter_mm']):.1f} mm"))
+        parts.append(("volume", f"{float(ch['volume_ml']) * 1000.0:.0f} mm3"))
+        if ch.get("solid_component_mm") is not None:
+            parts.append(("solid", f"{float(ch['solid_component_mm']):.1f} mm"))
+        parts.append(("Lung-RADS", str(ch.get("lung_rads"))))
     parts.append(("review", review or _get(candidate, "review", "unreviewed") or "unreviewed"))
     return parts
 

@@ -214,3 +214,17 @@ def test_characterize_with_default_selection_returns_findings():
     out = characterize(vol, _findings([Candidate("N1", 1, [0.0, 0.0, 0.0], 6.0, 0.9, 0.9, 0.9)]))
     assert out.candidate("N1").characterization["mean_diameter_mm"] == pytest.approx(6.0, abs=0.6)
     assert "characterize" in out.timings_s
+
+
+def test_markups_description_shows_the_characterization(tmp_path):
+    from LesionDetectorLib.export.markups import (control_point_description, parse_description, read_markups_json,
+                                                  write_markups_json)
+
+    vol = phantom([dict(center=(0, 0, 0), axes=(4, 4, 4), hu=30.0)])
+    out = characterize(vol, _findings([Candidate("N1", 1, [0.0, 0.0, 0.0], 8.0, 0.9, 0.9, 0.9)]))
+    ch = out.candidate("N1").characterization
+    parts = parse_description(control_point_description(out.candidate("N1")))
+    assert parts["type"] == "solid" and parts["Lung-RADS"] == ch["lung_rads"]
+    assert parts["size"] == f"{ch['mean_diameter_mm']:.1f} mm" and parts["review"] == "unreviewed"
+    back = read_markups_json(write_markups_json(out, tmp_path / "f.mrk.json"))
+    assert back.candidate("N1").characterization == ch and back.lung_rads == out.lung_rads
