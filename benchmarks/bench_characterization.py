@@ -19,6 +19,7 @@ Usage: nice -n 10 python benchmarks/bench_characterization.py [--n 12] [--size s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tarfile
@@ -45,7 +46,8 @@ def _size_bin(d: float) -> str:
     return "< 6 mm" if d < 6 else "6-10 mm" if d < 10 else "10-20 mm" if d < 20 else ">= 20 mm"
 
 
-def synthetic_rows(seed: int, n: int, size: str):
+def synthetic_rows(seed: int, n: int, size: str, stream=None):
+    """One row per nodule; each is also written to ``stream`` as a JSON line when given (progress)."""
     lib = load_shape_library()
     rows = []
     for i in range(n):
@@ -68,6 +70,9 @@ def synthetic_rows(seed: int, n: int, size: str):
             rows.append(dict(scan=i, size=size, truth=TYPE_OF[nod.category], predicted=predicted,
                              placement=nod.placement, true_ml=true_ml, true_d=true_d,
                              ml=ch["volume_ml"], d=ch["mean_diameter_mm"], seconds=time.perf_counter() - t0))
+            if stream is not None:
+                stream.write(json.dumps(rows[-1]) + "\n")
+                stream.flush()
     return rows
 
 
@@ -146,6 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--full", type=int, default=0, help="additional full-size scans")
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--pyradiomics-sdist", type=Path, default=None)
+    ap.add_argument("--rows", type=Path, default=None, help="also write every nodule's row here (JSON lines)")
     args = ap.parse_args(argv)
     cpu = platform.processor() or platform.machine()
     try:
@@ -154,9 +160,10 @@ def main(argv=None) -> int:
         pass
     print(f"Nodule characterization accuracy, {time.strftime('%Y-%m-%d')}, {cpu}, 1 thread, "
           f"load average {os.getloadavg()[0]:.1f}\n")
-    rows = synthetic_rows(args.seed, args.n, args.size)
+    stream = open(args.rows, "w") if args.rows else None
+    rows = synthetic_rows(args.seed, args.n, args.size, stream)
     if args.full:
-        rows += synthetic_rows(args.seed + 1, args.full, "full")
+        rows += synthetic_rows(args.seed + 1, args.full, "full", stream)
     print(f"Synthetic CT: {args.n} '{args.size}' scans (seed {args.seed})"
           + (f" + {args.full} full-size scans (seed {args.seed + 1})" if args.full else "")
           + f", {len(rows)} LIDC-shaped nodules characterized at their true centres\n")
