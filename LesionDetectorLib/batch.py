@@ -29,6 +29,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -100,7 +101,7 @@ class EventSink:
         if self.mode == "jsonl":
             self.emit({"event": "log", "message": text})
         else:
-            print(text, file=self.stream, flush=True)
+            self._print(text)
 
     def warning(self, text: str) -> None:
         """Something the user should know that did not fail the scan (a skipped export or input)."""
@@ -108,7 +109,17 @@ class EventSink:
         if self.mode == "jsonl":
             self.emit({"event": "warning", "message": text})
         else:
-            print(f"warning: {text}", file=self.stream, flush=True)
+            self._print(f"warning: {text}")
+
+    def _print(self, text: str) -> None:
+        # File names need not be valid in the terminal's encoding (undecodable bytes, an ASCII
+        # console): escape what cannot be shown rather than end the batch on UnicodeEncodeError.
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        try:
+            text.encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            text = text.encode(encoding, "backslashreplace").decode(encoding, "replace")
+        print(text, file=self.stream, flush=True)
 
 
 class JsonlLogHandler(logging.Handler):
@@ -588,6 +599,19 @@ class BatchOptions:
     min_score: Optional[float] = None
     max_candidates: Optional[int] = 100
     allow_non_ct: bool = False
+
+    def __post_init__(self) -> None:
+        # The CLI checks these while parsing; library callers get the same refusal up front.
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ValueError(f"unknown formats {bad or list(self.formats)}; choose from {', '.join(FORMATS)}")
+        if self.max_candidates is not None and (isinstance(self.max_candidates, bool)
+                                                or not isinstance(self.max_candidates, int)
+                                                or self.max_candidates < 1):
+            raise ValueError(f"max_candidates must be a whole number >= 1 or None, got {self.max_candidates!r}")
+        if self.min_score is not None and not (isinstance(self.min_score, (int, float))
+                                               and math.isfinite(self.min_score) and 0 <= self.min_score <= 1):
+            raise ValueError(f"min_score must be a number between 0 and 1 or None, got {self.min_score!r}")
 
 
 @dataclass

@@ -517,6 +517,25 @@ def test_single_input_options_with_several_inputs(tmp_path, capsys, chest_phanto
     assert not model_calls
 
 
+@pytest.mark.parametrize("field, value", [("max_candidates", -5), ("max_candidates", 2.5), ("min_score", float("nan")),
+                                          ("min_score", 2.0), ("formats", ("png",)), ("formats", ())])
+def test_library_batch_options_refuse_the_same_values(field, value):
+    with pytest.raises(ValueError, match=field.rstrip("s")):
+        batch.BatchOptions(**{field: value})
+
+
+def test_messages_survive_a_terminal_that_cannot_show_the_file_name():
+    import io
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii", errors="strict")
+    sink = batch.EventSink("none", stream)
+    sink.message("M\u00fcller/\udcff.mhd: FAILED")
+    sink.warning("\u00e9t\u00e9")
+    stream.flush()
+    assert raw.getvalue().decode("ascii").splitlines() == ["M\\xfcller/\\udcff.mhd: FAILED", "warning: \\xe9t\\xe9"]
+
+
 def test_subprocess_bad_option_value(tmp_path):
     proc = subprocess_detect(["x.mhd", "--out", str(tmp_path / "o"), "--max-candidates", "-5"], timeout=60)
     assert proc.returncode == 2 and "--max-candidates: must be a whole number >= 1, got '-5'" in proc.stderr
