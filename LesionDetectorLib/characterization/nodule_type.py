@@ -2,11 +2,14 @@
 
 Computed from attenuation and geometry, not learned:
 
-* **type**: the *solid component* is the mask's part above :data:`SOLID_HU` (-300 HU: soft
-  tissue, which hides the vessels it covers; ground glass lies at about -750..-300 HU),
-  opened by a ~1 mm ball so that vessels crossing a ground-glass nodule do not count, largest
-  piece kept. ``solid`` when it is at least :data:`SOLID_FRACTION` of the nodule's volume,
-  ``ground-glass`` when below :data:`GGO_FRACTION` or thinner than 1 mm, else ``part-solid``.
+* **type**: ``solid`` when the nodule's outer layer (the level its boundary threshold was
+  taken from, see :mod:`.segmentation`) is denser than :data:`SOLID_HU` (-300 HU: soft tissue,
+  which hides the vessels it covers; ground glass lies at about -750..-300 HU), or when the
+  solid component fills :data:`SOLID_FRACTION` of it. The outer layer decides because a small
+  solid nodule blurred by the slice profile has few voxels above -300 HU but no ground-glass
+  rim. Otherwise the *solid component* (the part above -300 HU, opened by a ~1 mm ball so
+  that vessels crossing a ground-glass nodule do not count, largest piece kept) makes it
+  ``part-solid`` from :data:`GGO_FRACTION` of the volume on, else ``ground-glass``.
 * **calcification** (benign pattern, as far as HU can tell): voxels above
   :data:`CALCIUM_HU` (200 HU). ``diffuse`` when they fill half the nodule, ``central`` when
   they form at least 5 % of it and their centroid sits within a fifth of the mean diameter of
@@ -138,7 +141,7 @@ def classify(seg: NoduleSegmentation) -> NoduleType:
         raise ValueError("cannot type an empty segmentation")
     solid = solid_component(seg)
     fraction = float(solid.sum()) / float(seg.mask.sum())
-    if fraction >= SOLID_FRACTION:
+    if seg.edge_level_hu > SOLID_HU or fraction >= SOLID_FRACTION:
         kind = "solid"
     elif fraction < GGO_FRACTION or not solid.any():
         kind = "ground-glass"

@@ -74,6 +74,11 @@ class NoduleSegmentation:
         return float(self.geometry.spacing[0])
 
     @property
+    def edge_level_hu(self) -> float:
+        """The HU level just inside the boundary that the half-maximum threshold was taken from."""
+        return 2.0 * self.threshold_hu - self.background_hu
+
+    @property
     def empty(self) -> bool:
         return not bool(self.mask.any())
 
