@@ -223,7 +223,8 @@ def _run_fprn_phase(args: argparse.Namespace, scans, val, out: Path, info) -> in
     if info.enabled:
         raise ValueError("--fprn-phase runs in one process (its harvest is cheap); start it without torchrun")
     opts = FprnPhaseOptions(epochs=args.epochs, steps_per_epoch=args.fprn_steps, batch_size=args.fprn_batch,
-                            lr=args.lr, seed=args.seed, time_budget_min=args.time_budget_min)
+                            lr=args.lr, seed=args.seed, time_budget_min=args.time_budget_min,
+                            precision=args.precision)
     if args.fprn_scans > 0:
         scans = scans[:args.fprn_scans]
     if args.fprn_val_scans > 0:

@@ -65,6 +65,32 @@ class RoiSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def save(self, path: Path, identity: Dict[str, object]) -> None:
+        """Write the set as safetensors (atomically) with ``identity`` (what made it) as metadata."""
+        from safetensors.torch import save
+
+        tensors = {"windows": self.windows.contiguous(), "labels": self.labels.contiguous(),
+                   "rpn": self.rpn.contiguous(), "scan": self.scan.contiguous()}
+        if self.inner is not None:
+            tensors["inner"] = self.inner.contiguous()
+        from ..atomic import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), save(tensors, metadata={"identity": json.dumps(identity, sort_keys=True)}))
+
+    @staticmethod
+    def load(path: Path, identity: Dict[str, object]) -> Optional["RoiSet"]:
+        """The set saved at ``path`` if it was made with the same ``identity``, else None."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("identity") != json.dumps(identity, sort_keys=True):
+                return None
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        return RoiSet(t["windows"], t.get("inner"), t["labels"], t["rpn"], t["scan"])
+
     @staticmethod
     def concat(parts: Sequence["RoiSet"]) -> "RoiSet":
         parts = [p for p in parts if len(p)]
@@ -181,17 +207,21 @@ class FprnPhaseOptions:
     weight_decay: float = 1e-4
     seed: int = 0
     time_budget_min: float = 0.0
+    precision: str = "auto"             # bf16 autocast on CPUs with native bf16 (see inference.engine)
 
 
 @torch.no_grad()
-def fprn_probabilities(fprn: torch.nn.Module, rois: RoiSet, batch: int = 2048) -> np.ndarray:
+def fprn_probabilities(fprn: torch.nn.Module, rois: RoiSet, batch: int = 2048, precision: str = "fp32") -> np.ndarray:
     was = fprn.training
     fprn.eval()
     out = []
+    device = torch.device("cpu")
     try:
         for i in range(0, len(rois), batch):
             inner = None if rois.inner is None else rois.inner[i:i + batch]
-            out.append(torch.sigmoid(fprn.classify(rois.windows[i:i + batch].float(), inner)).numpy())
+            with autocast_for(precision, device):
+                logits = fprn.classify(rois.windows[i:i + batch].float(), inner)
+            out.append(torch.sigmoid(logits.float()).numpy())
     finally:
         fprn.train(was)
     return np.concatenate(out) if out else np.zeros(0)
@@ -211,6 +241,7 @@ def train_fprn_phase(model: torch.nn.Module, train: RoiSet, val: Optional[RoiSet
     """Train ``model.fprn`` in place on harvested RoIs; returns the log (per epoch: loss,
     validation loss and AUC) and leaves the best epoch's FPRN weights in the model."""
     fprn = model.fprn
+    precision = resolve_precision(opts.precision, torch.device("cpu"))
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     optimizer = torch.optim.AdamW(fprn.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -238,7 +269,7 @@ def train_fprn_phase(model: torch.nn.Module, train: RoiSet, val: Optional[RoiSet
     for epoch in range(1, opts.epochs + 1):
         hardness = fprn_probabilities(fprn, RoiSet(train.windows[neg], None if train.inner is None else
                                                    train.inner[neg], train.labels[neg], train.rpn[neg],
-                                                   train.scan[neg]))
+                                                   train.scan[neg]), precision=precision)
         weights = hardness + 1e-3
         fprn.train()
         sums, n = 0.0, 0
@@ -248,7 +279,8 @@ def train_fprn_phase(model: torch.nn.Module, train: RoiSet, val: Optional[RoiSet
                                   _draw(rng, neg, n_hard, weights)])
             t = torch.from_numpy(idx)
             inner = None if train.inner is None else train.inner[t]
-            logits = fprn.classify(train.windows[t].float(), inner)
+            with autocast_for(precision, torch.device("cpu")):
+                logits = fprn.classify(train.windows[t].float(), inner)
             loss = F.binary_cross_entropy_with_logits(logits.float(), train.labels[t])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -293,9 +325,26 @@ def run_fprn_phase(init_model: str, train_scans: Sequence[CachedScan], val_scans
         p.requires_grad_(True)
     settings = EngineSettings.from_card(card, precision=precision)
     t0 = time.time()
-    train = harvest_rois(model, train_scans, settings, device, seed=opts.seed, progress=True)
-    val = harvest_rois(model, val_scans, settings, device, jitters=0, seed=opts.seed + 1, progress=True) \
-        if val_scans else None
+
+    def harvested(name: str, scans: Sequence[CachedScan], jitters: int, seed: int) -> Optional[RoiSet]:
+        # A harvest costs one detection pass per scan: it is kept in the run folder and reused by a
+        # rerun with the same model, scans and settings (e.g. to try other training options).
+        if not scans:
+            return None
+        identity = {"model_sha256": card.get("sha256"), "scans": [s.uid for s in scans], "jitters": jitters,
+                    "seed": seed, "tile": list(settings.tile), "overlap": settings.overlap,
+                    "precision": resolve_precision(precision, device)}
+        path = out / f"harvest_{name}.safetensors"
+        rois = RoiSet.load(path, identity)
+        if rois is None:
+            rois = harvest_rois(model, scans, settings, device, jitters=jitters, seed=seed, progress=True)
+            rois.save(path, identity)
+        else:
+            log.info("reusing %d harvested %s RoIs from %s", len(rois), name, path)
+        return rois
+
+    train = harvested("train", train_scans, 8, opts.seed)
+    val = harvested("val", val_scans, 0, opts.seed + 1)
     harvest_s = time.time() - t0
     log.info("harvested %d training RoIs (%d positive), %d validation RoIs in %.0f s", len(train),
              int(train.labels.sum()), len(val) if val is not None else 0, harvest_s)

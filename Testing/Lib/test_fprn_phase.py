@@ -123,3 +123,14 @@ def test_calibration_picks_a_fusion_that_separates():
     assert p["method"] == "platt" and p["a"] > 0 and p["n_negative"] == 4
     assert set(cal.operating_points) >= {"sensitivity_0.95", "fp_per_scan_1"}
     assert ScoreFusion(**{"method": cal.fusion.method, "weights": cal.fusion.weights})
+
+
+def test_harvest_is_saved_and_reused_only_for_the_same_identity(tmp_path, tiny):
+    rois = harvest_rois(tiny, [phantom_scan("a", 1)], EngineSettings(tile=(64,) * 3, precision="fp32"), jitters=2)
+    ident = {"model_sha256": "x", "scans": ["a"], "jitters": 2}
+    rois.save(tmp_path / "h.safetensors", ident)
+    back = RoiSet.load(tmp_path / "h.safetensors", ident)
+    assert back is not None and torch.equal(back.windows, rois.windows) and torch.equal(back.labels, rois.labels)
+    assert torch.equal(torch.isnan(back.rpn), torch.isnan(rois.rpn))
+    assert RoiSet.load(tmp_path / "h.safetensors", dict(ident, jitters=3)) is None
+    assert RoiSet.load(tmp_path / "missing.safetensors", ident) is None
