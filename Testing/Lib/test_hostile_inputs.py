@@ -54,7 +54,11 @@ def model_calls(monkeypatch):
     return calls
 
 
-def cli(argv, capsys):
+def cli(argv, capsys, characterize=False):
+    """Run the CLI in-process; no traceback may appear. Characterization (on by default in
+    ``detect``, seconds per candidate) runs only where a test asks for the full default pipeline."""
+    if argv[:1] == ["detect"] and not characterize:
+        argv = [*argv, "--no-characterize"]
     code = main(argv)
     captured = capsys.readouterr()
     text = captured.out + captured.err
@@ -812,7 +816,7 @@ def test_ctrl_c_during_export_leaves_nothing(tmp_path, chest_phantom, model_call
 
     monkeypatch.setattr(export, "write_luna16_csv", interrupt)
     path = write_volume(phantom(chest_phantom), tmp_path / "scan.mhd")
-    assert main(["detect", path, "--out", str(tmp_path / "out"), "--progress", "none"]) == 130
+    assert main(["detect", path, "--out", str(tmp_path / "out"), "--progress", "none", "--no-characterize"]) == 130
     assert not (tmp_path / "out").exists()
 
 
@@ -823,7 +827,7 @@ def test_good_scans_in_every_format_give_complete_results(tmp_path, capsys, ches
     path = write_volume(vol, tmp_path / f"case.{'mhd' if fmt == 'zraw' else fmt}", compress=fmt == "zraw")
     out = tmp_path / "out"
     code, stdout, err = cli(["detect", path, "--out", str(out), "--progress", "none", "--max-candidates", "1",
-                             "--min-score", "0.3"], capsys)
+                             "--min-score", "0.3"], capsys, characterize=fmt in ("mhd", "nii.gz"))
     assert code == 0, err
     folder = out / "case"
     assert {p.name for p in folder.iterdir()} == RESULT_FILES
@@ -836,7 +840,7 @@ def test_good_scans_in_every_format_give_complete_results(tmp_path, capsys, ches
 def test_good_dicom_series_gives_complete_results(tmp_path, capsys, chest_phantom, write_dicom_series, model_calls):
     folder, _ = _dicom(tmp_path, chest_phantom, write_dicom_series)
     out = tmp_path / "out"
-    code, _, err = cli(["detect", str(folder), "--out", str(out), "--progress", "none"], capsys)
+    code, _, err = cli(["detect", str(folder), "--out", str(out), "--progress", "none"], capsys, characterize=True)
     assert code == 0, err
     expected = RESULT_FILES | ({"findings_sr.dcm"} if batch.sr_available() else set())
     assert {p.name for p in (out / "series").iterdir()} == expected
