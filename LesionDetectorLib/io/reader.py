@@ -17,6 +17,7 @@ from ..errors import VolumeError
 from ..volume import Volume
 from .dicom import TAGS, read_dicom_series
 from .metaimage import check_metaimage
+from .nifti import check_nifti
 from .validate import check_dimensions, check_geometry, check_resampled_size, validate_volume
 
 SUPPORTED_FORMATS = "a DICOM series folder, .mhd/.raw, .mha, .nrrd, .nii or .nii.gz"
@@ -75,6 +76,8 @@ def _read_image_file(path: str, allow_non_ct: bool) -> Volume:
     fmt = file_format(path)
     if fmt in ("mhd", "mha"):
         check_metaimage(path, source)  # before ITK, which trusts a lying header
+    elif fmt == "nifti":
+        check_nifti(path, source)  # ITK fills a truncated NIfTI with zeros
     else:
         _check_detached_data(path, fmt, source)
     reader = sitk.ImageFileReader()

@@ -220,6 +220,39 @@ def test_corrupt_files_exit_2_naming_the_file(tmp_path, capsys, model_calls, nam
     assert_no_partial(out)
 
 
+@pytest.mark.parametrize("case, message", [
+    ("nrrd sizes larger than data", "truncated or corrupt"),
+    ("nrrd origin nan", "not an image file"),
+    ("nrrd spacing zero", "invalid voxel spacing"),
+    ("nifti truncated", "pixel data is truncated"),
+    ("nifti.gz truncated", "truncated or corrupt and cannot be uncompressed"),
+    ("nifti.gz short stream", "pixel data is truncated"),
+])
+def test_lying_nrrd_and_nifti_headers(tmp_path, chest_phantom, case, message):
+    vol = phantom(chest_phantom, nodule=False, shape=(10, 12, 14))
+    if case.startswith("nrrd"):
+        path = Path(write_volume(vol, tmp_path / "scan.nrrd"))
+        data = path.read_bytes()
+        header, sep, body = data.partition(b"\n\n")
+        header = {"nrrd sizes larger than data": header.replace(b"sizes: 14 12 10", b"sizes: 14 12 20"),
+                  "nrrd origin nan": header.replace(b"space origin: (", b"space origin: (nan,"),
+                  "nrrd spacing zero": header.replace(b"space directions: (4,0,0)", b"space directions: (0,0,0)")
+                  }[case]
+        assert header != data.partition(b"\n\n")[0], header
+        path.write_bytes(header + sep + body)
+    elif case == "nifti truncated":
+        path = Path(write_volume(vol, tmp_path / "scan.nii"))
+        path.write_bytes(path.read_bytes()[:-500])
+    else:  # ITK reads both without complaint and fills the missing voxels with zeros
+        import gzip
+
+        path = Path(write_volume(vol, tmp_path / "scan.nii.gz"))
+        data = path.read_bytes()
+        path.write_bytes(data[:-200] if case == "nifti.gz truncated" else gzip.compress(gzip.decompress(data)[:-500]))
+    with pytest.raises(VolumeError, match=message):
+        read_volume(path)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nan_or_infinite_voxels(tmp_path, capsys, chest_phantom, model_calls, bad):
     vol = phantom(chest_phantom, nodule=False)
