@@ -239,7 +239,16 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None, allow_non_c
                               f"ImagePositionPatient (first: {missing[0]}), so the slice positions, spacing and "
                               "completeness of the series are unknown.")
     if frames == 1 and len(files) > 1:
-        _check_slice_positions(np.asarray(positions, dtype=np.float64), direction[:, 2], source)
+        try:
+            _check_slice_positions(np.asarray(positions, dtype=np.float64), direction[:, 2], source)
+        except VolumeError as exc:
+            # GDCM leaves out files it cannot parse: a truncated slice shows up as a gap.
+            listed = sum(info.n_files for info in list_dicom_series(folder))
+            unread = _count_dicom_files(folder) - listed
+            if unread > 0:
+                raise VolumeError(f"{exc} {unread} DICOM file(s) in the folder could not be read as part of a "
+                                  "series (corrupt or truncated?).") from exc
+            raise
     check_geometry(image.GetSpacing(), direction, image.GetOrigin(), source)
 
     metadata = {"source": os.path.abspath(folder), "format": "dicom"}

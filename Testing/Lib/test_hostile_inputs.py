@@ -326,6 +326,13 @@ def test_one_slice_without_position_is_refused(tmp_path, chest_phantom, write_di
         read_volume(folder)
 
 
+def test_a_truncated_slice_is_named_as_unreadable(tmp_path, chest_phantom, write_dicom_series):
+    folder, paths = _dicom(tmp_path, chest_phantom, write_dicom_series)
+    Path(paths[7]).write_bytes(Path(paths[7]).read_bytes()[:-100])
+    with pytest.raises(VolumeError, match=r"uneven slice spacing.*1 DICOM file\(s\) in the folder could not be read"):
+        read_volume(folder)
+
+
 def test_mr_series_needs_allow_non_ct(tmp_path, capsys, chest_phantom, write_dicom_series, model_calls):
     folder, _ = _dicom(tmp_path, chest_phantom, write_dicom_series, modality="MR")
     out = tmp_path / "out"
