@@ -167,7 +167,8 @@ def main(argv=None) -> int:
     print(f"Synthetic CT: {args.n} '{args.size}' scans (seed {args.seed})"
           + (f" + {args.full} full-size scans (seed {args.seed + 1})" if args.full else "")
           + f", {len(rows)} LIDC-shaped nodules characterized at their true centres\n")
-    print_synthetic(rows)
+    if rows:
+        print_synthetic(rows)
     if args.pyradiomics_sdist:
         print("\nReal CT (pyradiomics 3.1.0 `data/lung*`), volume against the label mask:\n")
         print("| case | spacing mm | label mL | computed mL | volume error % | type | mean diameter mm | Lung-RADS |")

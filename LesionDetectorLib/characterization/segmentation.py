@@ -3,7 +3,7 @@
 Method (computed, not learned), for one candidate ``(center_lps, diameter_mm)``:
 
 1. **Local grid.** A cube around the centre (half side ``0.8 d + 4`` mm, 8..36 mm) is
-   resampled (linear) to ``spacing_mm`` (0.5 mm) isotropic voxels with the *scan's own
+   resampled (linear) to ``spacing_mm`` (0.5 mm; ``d / 30`` up to 1 mm above 15 mm) isotropic voxels with the *scan's own
    direction*, so its z slices are the acquired axial slices that Lung-RADS measures on.
    All geometry goes through :mod:`LesionDetectorLib.coordinates`.
 2. **Lung side of the pleura.** Soft tissue (HU > -500) opened with a ball 1.5 x the
@@ -22,7 +22,7 @@ Method (computed, not learned), for one candidate ``(center_lps, diameter_mm)``:
 4. **Vessels.** A morphological opening with a ball of ``0.15 d`` (0.6..1.5 mm) cuts thin
    vessels from the nodule; the opened mask is then regrown by half that radius inside
    the thresholded region, which gives back the border the opening shaved without
-   re-attaching the vessels. A region that still runs on beyond ``0.6 d + 3`` mm (a thick
+   re-attaching the vessels. A region that still runs on beyond ``0.5 d + 2`` mm (a thick
    vessel, the hilum) is cut at its narrowest neck by a marker watershed on its distance map.
 5. A mask touching the cube's border is redone once in a cube 1.6 x larger.
 
@@ -45,7 +45,7 @@ LUNG_AIR_HU = -500.0          # parenchyma (about -850) and most ground glass li
 START_THRESHOLD_HU = -700.0
 MIN_CONTRAST_HU = 120.0      # a centre this close to the parenchyma holds no nodule
 GGO_MIN_HU = -750.0
-HALO_CONTRAST = 0.35
+HALO_CONTRAST = 0.22
 MAX_HALO_GROWTH = 25.0
 REGROW = 0.5                # regrowth after the vessel opening, as a fraction of its radius
 MAX_HALF_SIDE_MM = 36.0
@@ -211,18 +211,18 @@ def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diamete
             break
         threshold = new
     # A ground-glass halo around a solid core: the shell just outside the core boundary stays
-    # far above the parenchyma (a blurred solid edge falls to a quarter of its contrast by then).
+    # far above the parenchyma (a blurred solid edge falls to about a tenth of its contrast by then).
     level = _plateau(hu, region, spacing)
     dist = _ball_distance_outside(region, spacing)
     shell = (dist > 0.5) & (dist <= 1.5) & lung_side
     if shell.any():
         halo = float(np.median(hu[shell]))
         if halo > GGO_MIN_HU and halo - background >= HALO_CONTRAST * (level - background):
-            threshold = float(np.clip(0.5 * (halo + background), background + 60.0, 0.0))
-            wider = _region(hu, lung_side, threshold, open_r, spacing, ball, limit)
+            halo_threshold = float(np.clip(0.5 * (halo + background), background + 60.0, 0.0))
+            wider = _region(hu, lung_side, halo_threshold, open_r, spacing, ball, limit)
             # A ground-glass halo holds up to ~20 x its core's volume; more is a leak into the lung.
             if region.sum() < wider.sum() <= MAX_HALO_GROWTH * region.sum():
-                region = wider
+                region, threshold = wider, halo_threshold
     return _split_off_attachments(region, spacing, diameter_mm), threshold, background
 
 
@@ -230,7 +230,7 @@ def _split_off_attachments(region: np.ndarray, spacing: float, diameter_mm: floa
     """Cut a region that runs on far beyond the expected nodule at its narrowest neck.
 
     A vessel or mediastinal structure thicker than the opening ball stays attached. When the
-    region reaches beyond ``0.6 d + 3`` mm from the centre, a marker watershed on its distance
+    region reaches beyond ``0.5 d + 2`` mm from the centre, a marker watershed on its distance
     map (markers: the centre, and everything beyond that radius) splits it where it is
     thinnest, and the centre's basin is kept. A compact nodule never reaches that far, so it
     is left whole.
@@ -241,7 +241,7 @@ def _split_off_attachments(region: np.ndarray, spacing: float, diameter_mm: floa
     z, y, x = np.ogrid[:n[0], :n[1], :n[2]]
     c = (n - 1) / 2.0
     r_mm = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) * spacing
-    far = region & (r_mm > 0.6 * diameter_mm + 3.0)
+    far = region & (r_mm > 0.5 * diameter_mm + 2.0)
     if not far.any():
         return region
     import SimpleITK as sitk
@@ -261,13 +261,17 @@ def _split_off_attachments(region: np.ndarray, spacing: float, diameter_mm: floa
 
 def segment_nodule(volume: Volume, center_lps: Sequence[float], diameter_mm: float,
                    lung_mask: Optional[Union[np.ndarray, Volume]] = None, candidate_id: str = "",
-                   spacing_mm: float = DEFAULT_SPACING_MM) -> NoduleSegmentation:
+                   spacing_mm: Optional[float] = None) -> NoduleSegmentation:
     """Segment the nodule at ``center_lps`` (LPS mm) whose detected diameter is ``diameter_mm``.
 
     ``lung_mask``: optional bool array in the volume's grid or a mask :class:`Volume` with its
-    own geometry. Returns a :class:`NoduleSegmentation` (``empty`` when nothing was found).
+    own geometry; ``spacing_mm``: the local grid (default 0.5 mm, coarser for nodules over 15 mm:
+    ``d / 30``, at most 1 mm, so a mass costs what a nodule does). Returns a
+    :class:`NoduleSegmentation` (``empty`` when nothing was found).
     """
     d = float(max(diameter_mm, 3.0))
+    if spacing_mm is None:
+        spacing_mm = float(np.clip(d / 30.0, DEFAULT_SPACING_MM, 1.0))
     mask_volume = None
     if lung_mask is not None:
         mask_volume = lung_mask if isinstance(lung_mask, Volume) else Volume(
