@@ -15,6 +15,7 @@ also returns the masks; :func:`label_volume` puts those masks into the scan's gr
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -34,6 +35,12 @@ __all__ = ["characterize", "characterize_in_place", "remeasure_mask", "character
            "baseline_category", "category_rank"]
 
 
+log = logging.getLogger("lesion-detector.characterization")
+
+_EMPTY = {"type": None, "calcified": None, "volume_ml": None, "long_axis_mm": None, "short_axis_mm": None,
+          "mean_diameter_mm": None, "solid_component_mm": None, "mean_hu": None, "lung_rads": None}
+
+
 @dataclass
 class CharacterizedNodule:
     """One finding's segmentation and its measurements (``characterization`` dict of the findings)."""
@@ -48,11 +55,9 @@ def characterize_candidate(volume: Volume, candidate: Candidate,
                            lung_mask: Optional[Union[np.ndarray, Volume]] = None) -> CharacterizedNodule:
     """Segment and measure one candidate. An empty mask gives a characterization of nulls."""
     seg = segment_nodule(volume, candidate.center_lps, candidate.diameter_mm, lung_mask, candidate.id)
-    empty = {"type": None, "calcified": None, "volume_ml": None, "long_axis_mm": None, "short_axis_mm": None,
-             "mean_diameter_mm": None, "solid_component_mm": None, "mean_hu": None, "lung_rads": None,
-             "note": "no nodule could be segmented at this candidate"}
     if seg.empty:
-        return CharacterizedNodule(candidate.id, seg, None, empty)
+        return CharacterizedNodule(candidate.id, seg, None,
+                                   dict(_EMPTY, note="no nodule could be segmented at this candidate"))
     s = seg.spacing_mm
     kind = classify(seg)
     axes = axial_diameters(seg.mask, s)
@@ -120,7 +125,13 @@ def characterize_with_masks(volume: Volume, findings: Findings,
         chosen = selected_for_characterization(out, min_score)
     results = []
     for c in chosen:
-        result = characterize_candidate(volume, c, lung_mask)
+        try:
+            result = characterize_candidate(volume, c, lung_mask)
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            # One unmeasurable finding must not cost the scan its detections and exports.
+            log.warning("characterization of %s failed: %s", c.id, exc)
+            c.characterization = dict(_EMPTY, note=f"characterization failed: {exc}")
+            continue
         c.characterization = result.characterization
         results.append(result)
     out.lung_rads = exam_lung_rads(out)

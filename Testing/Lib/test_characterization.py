@@ -228,3 +228,23 @@ def test_markups_description_shows_the_characterization(tmp_path):
     assert parts["size"] == f"{ch['mean_diameter_mm']:.1f} mm" and parts["review"] == "unreviewed"
     back = read_markups_json(write_markups_json(out, tmp_path / "f.mrk.json"))
     assert back.candidate("N1").characterization == ch and back.lung_rads == out.lung_rads
+
+
+def test_a_failing_finding_does_not_stop_the_others(monkeypatch):
+    import LesionDetectorLib.characterization as ch_mod
+
+    real = ch_mod.characterize_candidate
+
+    def flaky(volume, candidate, lung_mask=None):
+        if candidate.id == "N1":
+            raise ValueError("qhull precision error")
+        return real(volume, candidate, lung_mask)
+
+    monkeypatch.setattr(ch_mod, "characterize_candidate", flaky)
+    vol = phantom([dict(center=(0, 0, 0), axes=(3, 3, 3), hu=30.0)])
+    out = characterize(vol, _findings([Candidate("N1", 1, [0.0, 0.0, 0.0], 6.0, 0.9, 0.9, 0.9),
+                                       Candidate("N2", 2, [0.0, 0.0, 0.0], 6.0, 0.8, 0.8, 0.8)]))
+    assert out.candidate("N1").characterization["type"] is None
+    assert "failed" in out.candidate("N1").characterization["note"]
+    assert out.candidate("N2").characterization["type"] == "solid" and out.lung_rads["finding_id"] == "N2"
+    assert validate_findings_dict(out.to_dict()) == []
