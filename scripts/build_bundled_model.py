@@ -35,8 +35,8 @@ def _write_card(directory: Path, card: dict) -> None:
     atomic_write_text(directory / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
-def _evaluate(data: Path, model: Path, out: Path, bootstrap: int) -> dict:
-    args = ["evaluate", "--data", str(data), "--model", str(model), "--out", str(out), "--device", "cpu",
+def _evaluate(data: Path, model: Path, out: Path, bootstrap: int, device: str = "cpu") -> dict:
+    args = ["evaluate", "--data", str(data), "--model", str(model), "--out", str(out), "--device", device,
             "--bootstrap", str(bootstrap), "--resume", "--no-progress"]
     if cli(args) != 0:
         raise SystemExit(f"evaluation of {data} failed")
@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("runs/bundle-eval"), help="scratch folder (predictions)")
     p.add_argument("--name", default="luna16-synthetic")
     p.add_argument("--version", default="1.0.0")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="device of the validation and test detection passes (cpu)")
     p.add_argument("--tile", type=int, default=128, help="inference window (the network is fully convolutional)")
     p.add_argument("--data-note", default="", help="how the training/validation/test sets were generated")
     p.add_argument("--fusions", nargs="+", default=["mean", "fprn", "geometric", "logistic"],
@@ -111,7 +113,8 @@ def main(argv=None) -> int:
         "limitations": [
             "Trained only on synthetic chest CT (LesionDetectorLib.data.synthetic) with real LIDC-IDRI "
             "nodule shapes, never on real scans: accuracy on real CT is unknown and expected to be poor.",
-            "Trained on CPU for a short budget (see 'training'); far fewer iterations than the paper.",
+            f"Trained for a short budget on {(run_card.get('training') or {}).get('hardware', 'CPU')} "
+            "(see 'training'); far fewer iterations than the paper.",
             "Operating points were measured on a small synthetic validation set; their sensitivities "
             "and FP rates will not transfer to real data.",
         ],
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
     from LesionDetectorLib.evaluation.calibration import calibrate, calibration_card_fields, collect_marks
     from LesionDetectorLib.inference import Detector
 
-    detector = Detector.from_pretrained(args.out, device="cpu")
+    detector = Detector.from_pretrained(args.out, device=args.device)
     val_set = Luna16Dataset(args.val)
     marks = collect_marks(detector, val_set, [s.seriesuid for s in val_set], progress=True)
     cal = calibrate(marks, detector.settings, methods=args.fusions)
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
     print(json.dumps({"fusion_candidates": cal.candidates, "chosen": cal.fusion.to_dict(),
                       "patient_probability": cal.patient_probability}, indent=2))
 
-    test = _evaluate(args.test, args.out, args.report, bootstrap=1000)
+    test = _evaluate(args.test, args.out, args.report, bootstrap=1000, device=args.device)
     thr = card["operating_points"]["sensitivity_0.95"]["threshold"]
     card["test"] = {"data": str(args.test), "cpm": test["cpm"], "sensitivities": test["sensitivities"],
                     "bootstrap": test.get("bootstrap"), "tnp": test.get("tnp"),

@@ -1,0 +1,120 @@
+"""``lesion-detector synth`` on many cores: the same data set, scans generated in parallel.
+
+    python scripts/device/synth_parallel.py --n 24 --seed 303 --out data/test --workers 16
+
+Scan ``i`` depends only on ``(seed, i)``, so each worker generates and writes its own scans
+with the library's ``generate_scan`` / ``write_scan`` / ``write_lung_mask``, and the parent
+writes the lists afterwards. The result is file-for-file what ``lesion-detector synth --n N
+--seed S`` writes (the CPU dry run of ``train_eval_bundle.sh`` diffs the two), so a test set
+made here is the project's held-out test set when its seed and count are.
+
+The per-scan rows below follow ``data.synthetic.write_dataset``; keep them in step with it
+(``--check`` compares against it on a small set).
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+_LIBRARY = None
+
+
+def _one(out: str, seed: int, index: int, size: str, subsets: int, lung_masks: bool):
+    from LesionDetectorLib.data.lidc_shapes import load_shape_library
+    from LesionDetectorLib.data.synthetic import _fmt, generate_scan, write_lung_mask, write_scan
+
+    global _LIBRARY
+    if _LIBRARY is None:
+        _LIBRARY = load_shape_library()
+    out = Path(out)
+    scan = generate_scan(seed, index, size, _LIBRARY)
+    subset = out / f"subset{index % subsets}"
+    subset.mkdir(parents=True, exist_ok=True)
+    write_scan(scan, subset / f"{scan.series_uid}.mhd")
+    if lung_masks:
+        (out / "seg-lungs-LUNA16").mkdir(exist_ok=True)
+        write_lung_mask(scan, out / "seg-lungs-LUNA16" / f"{scan.series_uid}.mhd")
+    ann, exc, full = [], [], []
+    for nod in scan.nodules:
+        row = [scan.series_uid, *(_fmt(v) for v in nod.center_lps), _fmt(nod.diameter_mm)]
+        (ann if nod.luna16_positive else exc).append(row)
+        full.append(row + [nod.readers, nod.category, nod.placement, nod.texture, nod.calcification,
+                           nod.lidc_scan_id, nod.lidc_shape_index,
+                           "annotations" if nod.luna16_positive else "excluded"])
+    return scan.series_uid, ann, exc, full, scan.info["timings_s"]["total"]
+
+
+def write_dataset_parallel(out: Path, n: int, seed: int, size: str = "full", subsets: int = 10,
+                           lung_masks: bool = True, workers: int = 1) -> dict:
+    from LesionDetectorLib.luna16_format import ANNOTATION_COLUMNS, write_csv, write_seriesuids
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # One thread per worker: the generator's torch convolutions would otherwise oversubscribe.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")  # SimpleITK's filters likewise
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(_one, [str(out)] * n, [seed] * n, range(n), [size] * n,
+                                [subsets] * n, [lung_masks] * n))
+    ann_rows = [r for res in results for r in res[1]]
+    exc_rows = [r for res in results for r in res[2]]
+    all_rows = [r for res in results for r in res[3]]
+    uids = [res[0] for res in results]
+    # Lists last, as write_dataset does: a partial run leaves no list naming a missing scan.
+    for name, rows in (("annotations.csv", ann_rows), ("annotations_excluded.csv", exc_rows)):
+        write_csv(out / name, ANNOTATION_COLUMNS, rows)
+    write_seriesuids(out / "seriesuids.csv", uids)
+    write_csv(out / "synthetic_nodules.csv", [*ANNOTATION_COLUMNS, "readers", "category", "placement", "texture",
+                                              "calcification", "lidc_scan_id", "lidc_shape_index", "list"], all_rows)
+    positives = {r[0] for r in ann_rows}
+    return dict(root=str(out), scans=n, annotations=len(ann_rows), excluded=len(exc_rows),
+                negative_scans=sum(1 for u in uids if u not in positives),
+                mean_generation_s=sum(res[4] for res in results) / max(n, 1))
+
+
+def check_against_library(n: int = 2, seed: int = 5) -> None:
+    """Raise if this writer's files differ from ``data.synthetic.write_dataset``'s (small scans)."""
+    from LesionDetectorLib.data.synthetic import write_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "lib", Path(tmp) / "par"
+        write_dataset(a, n, seed, "small", subsets=2)
+        write_dataset_parallel(b, n, seed, "small", subsets=2, workers=2)
+        files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+        if files_a != files_b:
+            raise SystemExit(f"file lists differ: {files_a} vs {files_b}")
+        _, mismatch, errors = filecmp.cmpfiles(a, b, [str(p) for p in files_a], shallow=False)
+        if mismatch or errors:
+            raise SystemExit(f"files differ from write_dataset's: {mismatch + errors}")
+        print(f"synth_parallel: {len(files_a)} files identical to write_dataset's")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--size", choices=("full", "small"), default="full")
+    p.add_argument("--subsets", type=int, default=10)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--check", action="store_true", help="first compare with write_dataset on 2 small scans")
+    args = p.parse_args(argv)
+    if args.check:
+        check_against_library()
+    t0 = time.time()
+    summary = write_dataset_parallel(args.out, args.n, args.seed, args.size, args.subsets, workers=args.workers)
+    summary["wall_s"] = round(time.time() - t0, 1)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
