@@ -14,7 +14,8 @@
    ``https://files.pythonhosted.org/packages/03/c1/20fc2c50ab1e3304da36d866042a1905a2b05a1431ece35448ab6b4578f2/pyradiomics-3.1.0.tar.gz``.
 
 Usage: nice -n 10 python benchmarks/bench_characterization.py [--n 12] [--size small] [--seed 100]
-       [--full 0] [--pyradiomics-sdist /path/pyradiomics-3.1.0.tar.gz]
+       [--full 0] [--pyradiomics-sdist /path/pyradiomics-3.1.0.tar.gz] [--rows rows.jsonl]
+       python benchmarks/bench_characterization.py --from-rows a.jsonl b.jsonl   (pooled summary)
 """
 from __future__ import annotations
 
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--pyradiomics-sdist", type=Path, default=None)
     ap.add_argument("--rows", type=Path, default=None, help="also write every nodule's row here (JSON lines)")
+    ap.add_argument("--from-rows", type=Path, nargs="+", default=None,
+                    help="summarise rows written by earlier --rows runs (pooled) instead of measuring")
     args = ap.parse_args(argv)
     cpu = platform.processor() or platform.machine()
     try:
@@ -160,6 +163,12 @@ def main(argv=None) -> int:
         pass
     print(f"Nodule characterization accuracy, {time.strftime('%Y-%m-%d')}, {cpu}, 1 thread, "
           f"load average {os.getloadavg()[0]:.1f}\n")
+    if args.from_rows:
+        rows = [json.loads(line) for f in args.from_rows for line in open(f) if line.strip()]
+        print(f"Pooled rows of {len(args.from_rows)} earlier runs ({', '.join(f.name for f in args.from_rows)}), "
+              f"{len(rows)} nodules\n")
+        print_synthetic(rows)
+        return 0
     stream = open(args.rows, "w") if args.rows else None
     rows = synthetic_rows(args.seed, args.n, args.size, stream)
     if args.full:
