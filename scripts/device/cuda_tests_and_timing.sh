@@ -11,16 +11,16 @@ cd "$(dirname "$0")/../.."
 . scripts/device/common.sh
 
 if [ "$DRY_RUN" = cpu ]; then
-    TOTAL_S=${TOTAL_S:-600}; DEVICE=cpu; SLICES=${SLICES:-60}; REPEAT=1; PRECISIONS=${PRECISIONS:-fp32}
-    TEST_FILES=${TEST_FILES:-Testing/Lib/test_roi_align_3d.py}
+    TOTAL_S=${TOTAL_S:-900}; DEVICE=cpu; SLICES=${SLICES:-60}; REPEAT=1; PRECISIONS=${PRECISIONS:-fp32}
     WORK=${WORK:-/tmp/ld_dry_cuda}
 else
     TOTAL_S=${TOTAL_S:-280}; DEVICE=cuda; SLICES=${SLICES:-300}; REPEAT=${REPEAT:-3}; PRECISIONS=${PRECISIONS:-fp16 fp32}
-    # The op's tests run every case on "cuda" when it is available; the inference tests check
-    # the automatic device choice and the OOM fallback on it.
-    TEST_FILES=${TEST_FILES:-Testing/Lib/test_roi_align_3d.py Testing/Lib/test_inference_units.py Testing/Lib/test_inference_pipeline.py}
     WORK=${WORK:-/tmp/ld_cuda}
 fi
+# The op's tests run every case on "cuda" too when torch.cuda.is_available(); the two inference
+# tests check the automatic device choice and a real network on it.
+OP_TESTS=${OP_TESTS:-Testing/Lib/test_roi_align_3d.py}
+INFERENCE_TESTS=${INFERENCE_TESTS:-Testing/Lib/test_inference_units.py::test_resolve_device Testing/Lib/test_inference_pipeline.py::test_real_network_from_pretrained_directory}
 LOGS=$WORK/logs
 rm -rf "$WORK"; mkdir -p "$LOGS"
 trap 'say "done; total $(( $(date +%s) - T0 ))s"; tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs' EXIT
@@ -31,15 +31,20 @@ install_wheels
 build_op 150
 say "op backend for $DEVICE: $($PY -c "from LesionDetectorLib.ops import _loader, backend_info; _loader.load(); print(backend_info('$DEVICE'))" 2>&1 | tail -n 1)"
 
-# -m cuda selects tests marked for a CUDA device (pyproject's marker); the files above run
-# their cuda parametrisations because torch.cuda.is_available() there.
-stage tests $(( $(left) - 100 )) $PY -m pytest -q -rs -p no:cacheprovider -o addopts= $TEST_FILES
-grep -E "passed|failed|error" "$LOGS/tests.log" | tail -n 3 >>"$LOG"
-grep -rl "mark.cuda" Testing/Lib >/dev/null 2>&1 && \
-    stage tests_marked_cuda 60 $PY -m pytest -q -rs -p no:cacheprovider -o addopts= -m cuda $(grep -rl "mark.cuda" Testing/Lib)
+# Time for the timing runs is kept back first: ~40 s each on the H200 (scan generation included).
+N_BENCH=$(echo $PRECISIONS | wc -w)
+PYTEST="$PY -m pytest -q -rs -p no:cacheprovider -o addopts="
+stage tests_op $(( ($(left) - 40 * N_BENCH) * 2 / 3 )) $PYTEST $OP_TESTS
+stage tests_inference $(( $(left) - 40 * N_BENCH )) $PYTEST $INFERENCE_TESTS
+# Tests marked for a CUDA device (pyproject's "cuda" marker), if any exist by now.
+MARKED=$(grep -rl "mark.cuda" Testing/Lib 2>/dev/null)
+[ -n "$MARKED" ] && stage tests_marked_cuda $(( $(left) - 40 * N_BENCH )) $PYTEST -m cuda $MARKED
 
+i=0
 for precision in $PRECISIONS; do
-    stage "bench_$precision" $(( $(left) - 5 )) $PY benchmarks/bench_detect.py --device $DEVICE --slices "$SLICES" \
-        --model luna16-synthetic --precision "$precision" --repeat "$REPEAT"
+    # Each timing run gets its share of what is left.
+    stage "bench_$precision" $(( ($(left) - 5) / (N_BENCH - i) )) $PY benchmarks/bench_detect.py --device $DEVICE \
+        --slices "$SLICES" --model luna16-synthetic --precision "$precision" --repeat "$REPEAT"
     cat "$LOGS/bench_$precision.log" >>"$LOG"
+    i=$((i + 1))
 done
