@@ -70,7 +70,8 @@ def synthetic_rows(seed: int, n: int, size: str, stream=None):
                 predicted = "calcified" if ch["calcified"] else ch["type"]
             rows.append(dict(scan=i, size=size, truth=TYPE_OF[nod.category], predicted=predicted,
                              placement=nod.placement, true_ml=true_ml, true_d=true_d,
-                             ml=ch["volume_ml"], d=ch["mean_diameter_mm"], seconds=time.perf_counter() - t0))
+                             ml=ch["volume_ml"], d=ch["mean_diameter_mm"], seconds=time.perf_counter() - t0,
+                             perifissural=ch.get("perifissural"), juxta_pleural=ch.get("juxta_pleural")))
             if stream is not None:
                 stream.write(json.dumps(rows[-1]) + "\n")
                 stream.flush()
@@ -116,6 +117,16 @@ def print_synthetic(rows):
     print("| truth \\ computed | " + " | ".join(labels) + " |\n|---|" + "---:|" * len(labels))
     for t in labels[:4]:
         print(f"| {t} | " + " | ".join(str(conf[(t, p)]) for p in labels) + " |")
+    flagged = [r for r in rows if "perifissural" in r]
+    if flagged:
+        pf = sum(bool(r["perifissural"]) for r in flagged)
+        jp = defaultdict(lambda: [0, 0])
+        for r in flagged:
+            jp[r["placement"]][0] += bool(r["juxta_pleural"])
+            jp[r["placement"]][1] += 1
+        print(f"\nFlags: perifissural on {pf} of {len(flagged)} nodules (synthetic CT has no fissures: all false "
+              "positives); juxta_pleural by placement: "
+              + ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(jp.items())))
     print(f"\nmedian time per nodule {np.median([r['seconds'] for r in rows]):.2f} s")
 
 

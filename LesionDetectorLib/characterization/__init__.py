@@ -76,8 +76,11 @@ def characterize_candidate(volume: Volume, candidate: Candidate,
         "mean_diameter_mm": axes.mean_diameter_mm,
         "solid_component_mm": solid_mm,
         "mean_hu": round(float(mean_hu(seg.hu, seg.mask)), 1),
+        # The computed perifissural flag is shown, not used for the category: its Hessian sheet
+        # test also fires on airway walls and vessel forks (3 of 21 synthetic nodules with no
+        # fissure in the scan), and a false "perifissural" would lower a 6-10 mm solid nodule to 2.
         "lung_rads": baseline_category(kind.type, axes.mean_diameter_mm, solid_mm, kind.calcified,
-                                       kind.juxta_pleural, kind.perifissural, kind.benign_shape),
+                                       kind.juxta_pleural, False, kind.benign_shape),
         "juxta_pleural": bool(kind.juxta_pleural),
         "perifissural": bool(kind.perifissural),
         "benign_shape": bool(kind.benign_shape),

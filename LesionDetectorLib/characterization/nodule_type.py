@@ -20,7 +20,9 @@ Computed from attenuation and geometry, not learned:
   wall, mediastinum or diaphragm) over at least :data:`PLEURAL_CONTACT_MM2`.
 * **perifissural**: a thin bright sheet (a fissure: Hessian at 0.7 mm with one strong and two
   weak curvatures, voxels spread in two directions, not along one like a vessel's edges)
-  lies within 1..4 mm of the nodule's border.
+  lies within 1..4 mm of the nodule's border. A suggestion for the reader: it also fires on
+  airway walls and vessel forks (3 of 21 synthetic nodules, in scans without fissures), so
+  :func:`LesionDetectorLib.characterization.characterize` does not let it lower the category.
 * **benign_shape**: solidity (volume / convex-hull volume) >= 0.85: smooth oval, lentiform or
   triangular shapes, not lobulated or spiculated (Lung-RADS' perifissural / juxtapleural rule).
 """
