@@ -41,7 +41,9 @@ mkdir -p "$DATA" "$LOGS"
 # Whatever happened, pack what exists into $OUT (at most 8 files, each < 16 MiB).
 pack() {
     say "packing results into $OUT"
-    [ -f "$BUNDLE/model.safetensors" ] && mkdir -p "$OUT/model" && cp "$BUNDLE"/model.safetensors "$BUNDLE"/model.json "$OUT/model/"
+    # A card without test results (the bundle stage stopped early) comes back as model_untested/.
+    local m=model; grep -q '"test":' "$BUNDLE/model.json" 2>/dev/null || m=model_untested
+    [ -f "$BUNDLE/model.safetensors" ] && mkdir -p "$OUT/$m" && cp "$BUNDLE"/model.safetensors "$BUNDLE"/model.json "$OUT/$m/"
     [ -d "$REPORT" ] && tar -C "$WORK" -czf "$OUT/report.tar.gz" \
         --exclude='report/predictions' report 2>/dev/null
     # The raw training run(s): weights + card + logs (checkpoints only when small enough).
@@ -54,9 +56,10 @@ pack() {
     cp "$DATA"/*.json "$LOGS/" 2>/dev/null
     tar -C "$WORK" -czf "$OUT/logs.tar.gz" logs
     say "done; total $(( $(date +%s) - T0 ))s"
-    ls -la "$OUT" "$OUT/model" 2>/dev/null >>"$LOG"
+    ls -la "$OUT" "$OUT/$m" 2>/dev/null >>"$LOG"
 }
 trap pack EXIT
+trap 'say "terminated"; exit 143' TERM INT
 
 say "train_eval_bundle: DRY_RUN=${DRY_RUN:-no} TOTAL_S=$TOTAL_S TRAIN_MIN=$TRAIN_MIN FPRN_MIN=$FPRN_MIN" \
     "N_TRAIN=$N_TRAIN N_VAL=$N_VAL N_TEST=$N_TEST BATCH=$BATCH ITERS=$ITERS PRESET=$PRESET CROP=$CROP"
