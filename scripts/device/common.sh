@@ -46,7 +46,9 @@ install_wheels() {
         say "dry run: wheels not installed, PYTHONPATH=$PYTHONPATH"
         return 0
     fi
-    if ls .whl/*.whl >/dev/null 2>&1; then
+    if [ -d /tmp/site/SimpleITK ]; then
+        say "wheels already installed in /tmp/site (warm machine)"
+    elif ls .whl/*.whl >/dev/null 2>&1; then
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
             >>"$LOG" 2>&1 || say "WARNING: wheel install failed"
     elif [ -f .whl/site.tar.xz ]; then

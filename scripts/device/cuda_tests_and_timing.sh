@@ -14,7 +14,7 @@ if [ "$DRY_RUN" = cpu ]; then
     TOTAL_S=${TOTAL_S:-900}; DEVICE=cpu; SLICES=${SLICES:-60}; REPEAT=1; PRECISIONS=${PRECISIONS:-fp32}
     WORK=${WORK:-/tmp/ld_dry_cuda}
 else
-    TOTAL_S=${TOTAL_S:-280}; DEVICE=cuda; SLICES=${SLICES:-300}; REPEAT=${REPEAT:-3}; PRECISIONS=${PRECISIONS:-fp16 fp32}
+    TOTAL_S=${TOTAL_S:-280}; DEVICE=cuda; SLICES=${SLICES:-300}; REPEAT=${REPEAT:-2}; PRECISIONS=${PRECISIONS:-fp16 fp32}
     WORK=${WORK:-/tmp/ld_cuda}
 fi
 # The op's tests run every case on "cuda" too when torch.cuda.is_available(); the two inference
