@@ -192,3 +192,11 @@ def resample_isotropic(volume: Volume, spacing: float = 1.0, interpolator: str =
     :func:`index_to_world` / :func:`world_to_index` or :func:`resampled_index_to_original`.
     """
     return resample_to_grid(volume, isotropic_geometry(volume, spacing), interpolator, default_value)
+
+
+def apply_crop_affine(affine: np.ndarray, points_zyx: np.ndarray) -> np.ndarray:
+    """``[N, 3]`` (z, y, x) crop indices -> LPS mm through a ``[3, 4]`` affine
+    (``Preprocessed.crop_to_world_affine``: ``LPS = A[:, :3] @ zyx + A[:, 3]``)."""
+    a = np.asarray(affine, dtype=np.float64)
+    zyx = np.asarray(points_zyx, dtype=np.float64).reshape(-1, 3)
+    return zyx @ a[:, :3].T + a[:, 3]

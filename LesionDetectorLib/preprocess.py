@@ -220,6 +220,13 @@ class Preprocessed:
     def spacing(self) -> float:
         return float(self.resampled_geometry.spacing[0])
 
+    def crop_to_world_affine(self) -> np.ndarray:
+        """``[3, 4]`` affine with ``LPS = A[:, :3] @ zyx + A[:, 3]``: exactly :meth:`to_world` (it is
+        linear), so the training cache and the calibration map crop voxels without the scan."""
+        origin = self.to_world(np.zeros((1, 3)))[0]
+        cols = self.to_world(np.eye(3)) - origin
+        return np.concatenate([cols.T, origin[:, None]], axis=1)
+
     def to_world(self, points_zyx: np.ndarray) -> np.ndarray:
         """Crop indices ``[N, 3]`` (z, y, x) -> LPS mm ``[N, 3]``."""
         return index_to_world(self.resampled_geometry, np.asarray(points_zyx, dtype=np.float64) + self.crop_origin_index)

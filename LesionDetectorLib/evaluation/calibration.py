@@ -42,15 +42,9 @@ class ScanMarks:
     excluded: List[tuple]
 
     def to_world(self, zyx: np.ndarray) -> np.ndarray:
-        zyx = np.asarray(zyx, dtype=np.float64).reshape(-1, 3)
-        return zyx @ self.affine[:, :3].T + self.affine[:, 3]
+        from ..coordinates import apply_crop_affine
 
-
-def affine_of(pre) -> np.ndarray:
-    """The exact crop-index -> LPS affine of a :class:`~LesionDetectorLib.preprocess.Preprocessed`."""
-    origin = pre.to_world(np.zeros((1, 3)))[0]
-    cols = pre.to_world(np.eye(3)) - origin
-    return np.concatenate([cols.T, origin[:, None]], axis=1)
+        return apply_crop_affine(self.affine, zyx)
 
 
 def collect_marks(detector, dataset, seriesuids: Sequence[str], progress: bool = False) -> List[ScanMarks]:
@@ -75,7 +69,7 @@ def collect_marks(detector, dataset, seriesuids: Sequence[str], progress: bool =
             continue
         pad = float(normalize_hu(np.float32(PAD_HU), pre.hu_window))
         result = detector.engine.detect(pre.image, pad)
-        out.append(ScanMarks(uid, result.raw_rows, affine_of(pre), annotations, excluded))
+        out.append(ScanMarks(uid, result.raw_rows, pre.crop_to_world_affine(), annotations, excluded))
         if progress:
             print(f"calibration: {k + 1}/{len(seriesuids)} {uid[-16:]}: {len(result.rows)} marks", flush=True)
     return out

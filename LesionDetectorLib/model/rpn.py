@@ -85,7 +85,15 @@ class RegionProposalNetwork(nn.Module):
 
     def loss(self, logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
              targets: Sequence[torch.Tensor], progress: float) -> Dict[str, torch.Tensor]:
-        """Classification over all anchors of the batch (eq. 3 pools the batch); regression on positives."""
+        """Classification over all anchors of the batch (eq. 3 pools the batch); regression on positives.
+
+        Computed in float32 even under autocast: the adaptive focal loss sums ~10^5 terms whose
+        weights (T log N / N, (1 - p)^5) underflow or lose their order in half precision."""
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return self._loss(logits.float(), deltas.float(), anchors.float(), targets, progress)
+
+    def _loss(self, logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
+              targets: Sequence[torch.Tensor], progress: float) -> Dict[str, torch.Tensor]:
         labels, reg_pred, reg_target = [], [], []
         for i, gt in enumerate(targets):
             lab, idx = self.matcher(anchors, gt.to(anchors))

@@ -49,14 +49,9 @@ class CachedScan:
     subset: int = 0
 
     def to_world(self, zyx: np.ndarray) -> np.ndarray:
-        zyx = np.asarray(zyx, dtype=np.float64).reshape(-1, 3)
-        return zyx @ self.affine[:, :3].T + self.affine[:, 3]
+        from ..coordinates import apply_crop_affine
 
-
-def _affine_of(pre) -> np.ndarray:
-    origin = pre.to_world(np.zeros((1, 3)))[0]
-    cols = pre.to_world(np.eye(3)) - origin
-    return np.concatenate([cols.T, origin[:, None]], axis=1)
+        return apply_crop_affine(self.affine, zyx)
 
 
 def write_cached_scan(cache_dir: Union[str, Path], uid: str, pre, annotations_lps: Sequence[Sequence[float]],
@@ -81,7 +76,7 @@ def write_cached_scan(cache_dir: Union[str, Path], uid: str, pre, annotations_lp
     _atomic_write(cache_dir / f"{uid}.npy", lambda fh: np.save(fh, image))
     meta = {"version": CACHE_VERSION, "uid": uid, "subset": int(subset), "shape": list(pre.image.shape),
             "boxes": to_boxes(annotations_lps), "excluded": to_boxes(excluded_lps),
-            "affine": _affine_of(pre).tolist(), "preprocessing": preprocessing}
+            "affine": pre.crop_to_world_affine().tolist(), "preprocessing": preprocessing}
     return _atomic_write(cache_dir / f"{uid}.json", lambda fh: fh.write(json.dumps(meta).encode()))
 
 
