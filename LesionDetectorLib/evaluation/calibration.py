@@ -186,7 +186,12 @@ def calibrate(scans: Sequence[ScanMarks], base: EngineSettings, min_score: float
     candidates: Dict[str, Dict[str, Any]] = {}
     results = {}
     for method in methods:
-        fusion = fit_logistic_fusion(scans, base) if method == "logistic" else ScoreFusion(method)
+        try:
+            fusion = fit_logistic_fusion(scans, base) if method == "logistic" else ScoreFusion(method)
+        except ValueError as exc:
+            # e.g. every listed mark a hit or a false positive: that fusion cannot be fitted, the others can
+            candidates[method] = {"fusion": None, "cpm": float("nan"), "tnp": 0.0, "skipped": str(exc)}
+            continue
         settings = replace(base, fusion=fusion)
         preds, per_scan = predictions_for(scans, settings, min_score, max_marks)
         result = evaluate_luna16(annotations, excluded, uids, preds, max_marks=max_marks, bootstrap=0)
@@ -194,7 +199,10 @@ def calibrate(scans: Sequence[ScanMarks], base: EngineSettings, min_score: float
         candidates[method] = {"fusion": fusion.to_dict(), "cpm": float(result.cpm),
                               "tnp": _tnp(result), "tnp_reached": bool(result.tnp.operating_point.reached),
                               "sensitivities": {f"{k:g}": float(v) for k, v in result.sensitivities.items()}}
-    order = sorted(methods, key=lambda m: (-candidates[m]["cpm"], m != "mean"))
+    fitted = [m for m in methods if m in results]
+    if not fitted:
+        raise ValueError("no score fusion could be evaluated on the validation scans")
+    order = sorted(fitted, key=lambda m: (-candidates[m]["cpm"], m != "mean"))
     best = order[0]
     for m in order[1:]:
         if (candidates[best]["cpm"] - candidates[m]["cpm"] <= cpm_tolerance

@@ -29,6 +29,20 @@ def test_card_states_data_use_and_measured_operating_points():
     assert card["inference"]["tile"] == [128, 128, 128]
 
 
+def test_card_names_its_calibrated_fusion_and_patient_probability():
+    """The score fusion and the patient probability were chosen and fitted on the validation
+    set through the detector's own engine (scripts/build_bundled_model.py)."""
+    from LesionDetectorLib.inference.engine import ScoreFusion
+
+    card = json.loads((BUNDLED / CARD_FILE).read_text())
+    fusion = ScoreFusion.from_card(card)
+    assert fusion.method in card["validation"]["fusion_candidates"]
+    best = max(v["cpm"] for v in card["validation"]["fusion_candidates"].values() if v.get("fusion"))
+    assert card["validation"]["fusion_candidates"][fusion.method]["cpm"] >= best - 0.005
+    prob = card["patient_probability"]
+    assert prob["method"] == "platt" and "synthetic" in prob["fitted_on"] and prob["n_negative"] > 0
+
+
 def test_detector_loads_it_by_name():
     det = Detector.from_pretrained("luna16-synthetic", device="cpu")
     assert det.model_identity["name"] == "luna16-synthetic"
