@@ -92,16 +92,32 @@ def characterize_candidate(volume: Volume, candidate: Candidate,
     return CharacterizedNodule(candidate.id, seg, kind, ch)
 
 
-def selected_for_characterization(findings: Findings, min_score: Optional[float] = None) -> List[Candidate]:
-    """Candidates worth a reader's measurement: not rejected, and accepted or at/above ``min_score``.
+#: At most this many unreviewed candidates are characterized per scan (by rank), besides every
+#: accepted one: each costs ~1-5 s, and a card whose operating point is not reached lists up to
+#: 100 candidates above its threshold, whose false positives would then set the exam's category.
+MAX_CHARACTERIZED = 10
+
+
+def selected_for_characterization(findings: Findings, min_score: Optional[float] = None,
+                                  max_unreviewed: Optional[int] = MAX_CHARACTERIZED) -> List[Candidate]:
+    """Candidates worth a reader's measurement: not rejected, and accepted or at/above ``min_score``
+    (at most ``max_unreviewed`` of the unreviewed ones, highest ranks first; None: no cap).
 
     ``min_score`` defaults to the findings' operating-point threshold (every candidate when
-    the model card has none). Detection keeps up to 100 low-score candidates; characterizing
-    all of them would let false positives set the exam's Lung-RADS category.
+    the model card has none).
     """
     thr = findings.operating_point.get("threshold") if min_score is None else min_score
-    return [c for c in findings.candidates
-            if c.review != "rejected" and (c.review == "accepted" or thr is None or c.score >= float(thr))]
+    chosen, unreviewed = [], 0
+    for c in sorted(findings.candidates, key=lambda c: c.rank):
+        if c.review == "rejected":
+            continue
+        if c.review == "accepted":
+            chosen.append(c)
+        elif thr is None or c.score >= float(thr):
+            if max_unreviewed is None or unreviewed < max_unreviewed:
+                chosen.append(c)
+                unreviewed += 1
+    return chosen
 
 
 def exam_lung_rads(findings: Findings) -> Dict[str, Any]:
