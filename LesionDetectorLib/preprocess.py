@@ -356,3 +356,65 @@ def preprocess_body(volume, spacing: float = 1.0, margin_mm: float = BODY_MARGIN
                           f"image, or values not in Hounsfield units)")
     return preprocess(volume, lung_mask=mask, spacing=spacing, margin_mm=margin_mm,
                       hu_window=hu_window or DEFAULT_HU_WINDOW, pad_outside_mm=None)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's input is made from a scan: the one description that the training cache
+    records, the model card stores (``preprocessing``) and the Detector reads back.
+
+    ``crop``: ``"lungs"`` (:func:`preprocess`: lung mask, crop + ``margin_mm``, voxels farther than
+    ``pad_outside_mm`` from the lungs padded) or ``"body"`` (:func:`preprocess_body`: voxels above
+    ``body_threshold_hu``, crop + ``margin_mm``, nothing padded); ``spacing_mm`` isotropic;
+    ``hu_window`` mapped to [0, 1].
+    """
+    crop: str = "lungs"
+    spacing_mm: float = 1.0
+    margin_mm: float = 10.0
+    hu_window: Tuple[float, float] = DEFAULT_HU_WINDOW
+    pad_outside_mm: Optional[float] = 10.0
+    body_threshold_hu: float = BODY_THRESHOLD_HU
+
+    def __post_init__(self) -> None:
+        if self.crop not in ("lungs", "body"):
+            raise ValueError(f"preprocessing crop must be 'lungs' or 'body', got {self.crop!r}")
+        if not (np.isfinite(self.spacing_mm) and self.spacing_mm > 0 and np.isfinite(self.margin_mm)
+                and self.margin_mm >= 0):
+            raise ValueError(f"preprocessing needs spacing_mm > 0 and margin_mm >= 0, got {self}")
+        lo, hi = (float(v) for v in self.hu_window)
+        if not hi > lo:
+            raise ValueError(f"preprocessing hu_window must be (low, high) with low < high, got {self.hu_window}")
+        object.__setattr__(self, "hu_window", (lo, hi))
+
+    @classmethod
+    def body(cls) -> "Preprocessing":
+        return cls(crop="body", margin_mm=BODY_MARGIN_MM, pad_outside_mm=None)
+
+    @classmethod
+    def from_card(cls, card) -> "Preprocessing":
+        """A card's ``preprocessing`` (cards without one were trained with the defaults)."""
+        spec = dict((card or {}).get("preprocessing") or {})
+        base = cls.body() if spec.get("crop") == "body" else cls()
+        return cls(crop=str(spec.get("crop", base.crop)),
+                   spacing_mm=float(spec.get("spacing_mm", base.spacing_mm)),
+                   margin_mm=float(spec.get("margin_mm", base.margin_mm)),
+                   hu_window=tuple(spec.get("hu_window", base.hu_window)),
+                   pad_outside_mm=spec.get("pad_outside_mm", base.pad_outside_mm),
+                   body_threshold_hu=float(spec.get("body_threshold_hu", base.body_threshold_hu)))
+
+    def to_card(self) -> dict:
+        out = {"crop": self.crop, "spacing_mm": self.spacing_mm, "margin_mm": self.margin_mm,
+               "hu_window": list(self.hu_window), "lung_mask": self.crop == "lungs"}
+        if self.crop == "lungs":
+            out["pad_outside_mm"] = self.pad_outside_mm
+        else:
+            out["body_threshold_hu"] = self.body_threshold_hu
+        return out
+
+    def apply(self, volume: Volume, lung_mask: Optional[Union[np.ndarray, Volume]] = None) -> Preprocessed:
+        """The network input of ``volume`` under this description."""
+        if self.crop == "body":
+            return preprocess_body(volume, spacing=self.spacing_mm, margin_mm=self.margin_mm,
+                                   threshold_hu=self.body_threshold_hu, hu_window=self.hu_window)
+        return preprocess(volume, lung_mask=lung_mask, spacing=self.spacing_mm, margin_mm=self.margin_mm,
+                          hu_window=self.hu_window, pad_outside_mm=self.pad_outside_mm)

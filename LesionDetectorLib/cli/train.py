@@ -142,22 +142,11 @@ def training_data_card(args: argparse.Namespace, n_train: int, n_val: int) -> Di
 
 
 def preprocessing_card(args: argparse.Namespace) -> Dict[str, object]:
-    """The model card's ``preprocessing``: how training scans were cropped, so inference can match it.
+    """The model card's ``preprocessing``: how training scans were cropped, so inference can match it
+    (``preprocess.Preprocessing``, the description the cache builders used and the Detector reads)."""
+    from ..preprocess import Preprocessing
 
-    ``crop`` is ``"lungs"`` (``preprocess.preprocess``: lung mask, crop + 10 mm, outside padded
-    with 0 HU) or ``"body"`` (``preprocess.preprocess_body``: voxels above -500 HU,
-    crop + 5 mm, nothing padded).
-    """
-    from ..preprocess import DEFAULT_HU_WINDOW
-    from ..preprocess import BODY_MARGIN_MM, BODY_THRESHOLD_HU
-
-    card: Dict[str, object] = {"spacing_mm": 1.0, "hu_window": list(DEFAULT_HU_WINDOW)}
-    if args.dataset == "deeplesion":
-        card.update({"crop": "body", "body_threshold_hu": BODY_THRESHOLD_HU, "margin_mm": BODY_MARGIN_MM,
-                     "lung_mask": False})
-    else:
-        card.update({"crop": "lungs", "margin_mm": 10.0, "lung_mask": True})
-    return card
+    return (Preprocessing.body() if args.dataset == "deeplesion" else Preprocessing()).to_card()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -178,12 +178,11 @@ class Detector:
     def preprocess(self, volume: Volume, lung_mask: Optional[Union[np.ndarray, Volume]] = None):
         """The network input of ``volume`` as this model was trained on it
         (:class:`~LesionDetectorLib.preprocess.Preprocessed`)."""
-        from ..preprocess import preprocess, preprocess_body
+        from ..preprocess import Preprocessing
 
-        if (self.card.get("preprocessing") or {}).get("crop") == "body":
-            # Models trained without lung masks (DeepLesion) see the whole body crop.
-            return preprocess_body(volume)
-        return preprocess(volume, lung_mask=lung_mask)
+        # The card's own description (crop, spacing, margin, HU window, padding): models trained
+        # without lung masks (DeepLesion) see the whole body crop.
+        return Preprocessing.from_card(self.card).apply(volume, lung_mask)
 
     def __call__(self, volume: Union[Volume, str, os.PathLike], progress: Optional[ProgressCallback] = None,
                  cancel: Optional[CancelToken] = None, lung_mask: Optional[Union[np.ndarray, Volume]] = None,

@@ -29,8 +29,7 @@ from typing import Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 from ..atomic import atomic_open
-from ..preprocess import (BODY_MARGIN_MM, BODY_MIN_COMPONENT_ML, BODY_THRESHOLD_HU,  # noqa: F401 - re-exported
-                          body_mask, preprocess_body)
+from ..preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -76,7 +75,8 @@ def write_cached_scan(cache_dir: Union[str, Path], uid: str, pre, annotations_lp
     _atomic_write(cache_dir / f"{uid}.npy", lambda fh: np.save(fh, image))
     meta = {"version": CACHE_VERSION, "uid": uid, "subset": int(subset), "shape": list(pre.image.shape),
             "boxes": to_boxes(annotations_lps), "excluded": to_boxes(excluded_lps),
-            "affine": pre.crop_to_world_affine().tolist(), "preprocessing": preprocessing}
+            "affine": pre.crop_to_world_affine().tolist(), "preprocessing": preprocessing,
+            "preprocessing_spec": (Preprocessing.body() if preprocessing == "body" else Preprocessing()).to_card()}
     return _atomic_write(cache_dir / f"{uid}.json", lambda fh: fh.write(json.dumps(meta).encode()))
 
 
@@ -110,7 +110,6 @@ def build_luna16_cache(data_dir: Union[str, Path], cache_dir: Union[str, Path],
     """
     from ..data.luna16_dataset import Luna16Dataset
     from ..errors import NoLungsFoundError
-    from ..preprocess import preprocess
 
     from ..io import read_volume
 
@@ -125,7 +124,7 @@ def build_luna16_cache(data_dir: Union[str, Path], cache_dir: Union[str, Path],
             volume = ds.read(scan.seriesuid)
             mask = read_volume(str(scan.lung_mask_path), allow_non_ct=True) if scan.lung_mask_path else None
             try:
-                pre = preprocess(volume, mask)
+                pre = Preprocessing().apply(volume, mask)
             except NoLungsFoundError as exc:
                 log.warning("skipping %s: %s", scan.seriesuid, exc)
                 continue
@@ -178,7 +177,7 @@ def build_deeplesion_cache(data_dir: Union[str, Path], cache_dir: Union[str, Pat
                 continue
             if uid not in done:
                 try:
-                    pre = preprocess_body(scan.load())
+                    pre = Preprocessing.body().apply(scan.load())
                 except (VolumeError, NoLungsFoundError) as exc:
                     log.warning("skipping DeepLesion chunk %s: %s", uid, exc)
                     _atomic_write(cache_dir / f"{uid}.skip", lambda fh, text=f"{exc}\n": fh.write(text.encode()))

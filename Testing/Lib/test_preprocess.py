@@ -130,3 +130,22 @@ def test_normalize_hu():
     assert out.dtype == np.float32
     with pytest.raises(ValueError, match="low < high"):
         normalize_hu(np.zeros(2), (600.0, -1200.0))
+
+
+def test_one_preprocessing_description_round_trips_through_the_card_and_is_applied(chest_phantom):
+    """The card's ``preprocessing`` is read back (crop, spacing, margin, HU window, padding) and is
+    what the Detector applies: a card asking for a 2 mm grid gets a 2 mm crop."""
+    from LesionDetectorLib.preprocess import Preprocessing
+
+    spec = Preprocessing(spacing_mm=2.0, margin_mm=4.0, hu_window=(-1000.0, 400.0), pad_outside_mm=6.0)
+    back = Preprocessing.from_card({"preprocessing": spec.to_card()})
+    assert back == spec
+    assert Preprocessing.from_card({}) == Preprocessing()
+    assert Preprocessing.from_card({"preprocessing": {"crop": "body"}}) == Preprocessing.body()
+    vol = chest_phantom(shape_zyx=(40, 96, 128), spacing=(2.0, 2.0, 2.5))
+    pre = spec.apply(vol)
+    assert pre.spacing == 2.0 and pre.hu_window == (-1000.0, 400.0)
+    with pytest.raises(ValueError, match="crop"):
+        Preprocessing(crop="brain")
+    with pytest.raises(ValueError, match="hu_window"):
+        Preprocessing(hu_window=(100.0, -100.0))
