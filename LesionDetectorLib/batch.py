@@ -29,6 +29,7 @@ import errno
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 import math
 import os
 import re
@@ -730,7 +731,6 @@ class ScanBatchRunner:
 
     def run(self, inputs: Sequence[str]) -> int:
         """Process every input; returns the exit code (0 ok, 2 some input failed on bad input, 1 internal)."""
-        opts = self.options
         created = not self.out.exists()
         check_output_folder(self.out)
         try:
@@ -762,16 +762,38 @@ class ScanBatchRunner:
                 self.sink.emit({"event": "done", "findings": str(folder / FILES["json"]), "skipped": True})
             else:
                 todo.append((scan, folder))
+        # The next scan is read (I/O and decoding, which release the GIL) in a background thread
+        # while the model runs on this one; at most one scan waits in memory.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lesion-detector-read")
+        pending = pool.submit(self._timed_read, todo[0][0]) if todo else None
+        try:
+            self._run_todo(todo, pool, pending, failures)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if failures:
+            lines = [f"{len(failures)} input(s) failed:"] + [f"  {p}: {m}" for p, m, _ in failures]
+            self.sink.message("\n".join(lines))
+            print("\n".join(lines), file=sys.stderr)
+            return 1 if any(code == 1 for _, _, code in failures) else 2
+        return 0
+
+    def _timed_read(self, scan: ScanInput):
+        t0 = time.perf_counter()
+        volume = self.read(scan)
+        return volume, time.perf_counter() - t0
+
+    def _run_todo(self, todo, pool, pending, failures) -> None:
+        opts = self.options
         for i, (scan, folder) in enumerate(todo, start=1):
             self.sink.message(f"[{i}/{len(todo)}] {scan.path}")
             try:
-                t0 = time.perf_counter()
                 self.sink.progress("read", 0, 1)
-                volume = self.read(scan)
-                read_s = time.perf_counter() - t0
+                volume, read_s = pending.result()
             except Exception as exc:  # noqa: BLE001 - one bad scan never ends the batch
+                pending = pool.submit(self._timed_read, todo[i][0]) if i < len(todo) else None
                 failures.append(self._failed(scan, exc))
                 continue
+            pending = pool.submit(self._timed_read, todo[i][0]) if i < len(todo) else None
             self.load_detector()  # a model that cannot be loaded ends the whole run (exit 2)
             try:
                 result = self.detect(scan, folder, volume, read_s)
@@ -795,9 +817,3 @@ class ScanBatchRunner:
                     self.sink.warning(f"{SUBMISSION}: {text}")
             self.sink.message("written: " + ", ".join(str(p) for p in result.written.values() if p))
             self.sink.emit({"event": "done", "findings": str(result.written["json"])})
-        if failures:
-            lines = [f"{len(failures)} input(s) failed:"] + [f"  {p}: {m}" for p, m, _ in failures]
-            self.sink.message("\n".join(lines))
-            print("\n".join(lines), file=sys.stderr)
-            return 1 if any(code == 1 for _, _, code in failures) else 2
-        return 0
