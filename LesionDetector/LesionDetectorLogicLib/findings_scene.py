@@ -52,7 +52,8 @@ REF_VOLUME = "LesionDetectorVolume"
 ABOVE_THRESHOLD_COLOR = (1.0, 0.2, 0.2)
 BELOW_THRESHOLD_COLOR = (1.0, 0.85, 0.1)
 
-TABLE_COLUMNS = ("Rank", "ID", "Score", "Diameter (mm)", "Location RAS (mm)", "RPN", "FPRN", "Review")
+TABLE_COLUMNS = ("Rank", "ID", "Score", "Diameter (mm)", "Location RAS (mm)", "RPN", "FPRN", "Review",
+                 "Type", "Mean diameter (mm)", "Volume (mL)", "Lung-RADS")
 
 
 @dataclass
@@ -217,7 +218,15 @@ def _fill_table(table, markups, candidates: List[Dict[str, Any]]) -> None:
         "RPN": column(vtk.vtkDoubleArray, "RPN"),
         "FPRN": column(vtk.vtkDoubleArray, "FPRN"),
         "Review": column(vtk.vtkStringArray, "Review"),
+        # characterization (computed by the library, not learned; empty when not characterized)
+        "Type": column(vtk.vtkStringArray, "Type"),
+        "Mean diameter (mm)": column(vtk.vtkDoubleArray, "Mean diameter (mm)"),
+        "Volume (mL)": column(vtk.vtkDoubleArray, "Volume (mL)"),
+        "Lung-RADS": column(vtk.vtkStringArray, "Lung-RADS"),
     }
+
+    def number(value):
+        return float("nan") if value is None else float(value)
     for rank, cand in enumerate(candidates, start=1):
         cols["Rank"].InsertNextValue(rank)
         cols["ID"].InsertNextValue(str(cand["id"]))
@@ -227,6 +236,12 @@ def _fill_table(table, markups, candidates: List[Dict[str, Any]]) -> None:
         cols["RPN"].InsertNextValue(float(cand.get("score_rpn", float("nan"))))
         cols["FPRN"].InsertNextValue(float(cand.get("score_fprn", float("nan"))))
         cols["Review"].InsertNextValue(cand.get("review", "unreviewed"))
+        ch = cand.get("characterization") or {}
+        kind = ch.get("type") or ""
+        cols["Type"].InsertNextValue(f"{kind}, calcified" if kind and ch.get("calcified") else kind)
+        cols["Mean diameter (mm)"].InsertNextValue(number(ch.get("mean_diameter_mm")))
+        cols["Volume (mL)"].InsertNextValue(number(ch.get("volume_ml")))
+        cols["Lung-RADS"].InsertNextValue(str(ch.get("lung_rads") or ""))
     vtable = table.GetTable()
     for name in TABLE_COLUMNS:
         vtable.AddColumn(cols[name])

@@ -180,3 +180,21 @@ def test_exports_carry_the_review(scene, volume_and_study, findings_doc, tmp_pat
     assert "accepted" in written[0].read_text()
     with pytest.raises(ValueError, match="unknown export format"):
         exports.export_run(m, tmp_path / "out", ["pdf"])
+
+
+def test_table_shows_the_characterization(scene, volume_and_study, findings_doc):
+    import copy
+
+    doc = copy.deepcopy(findings_doc)
+    first = next(c for c in doc["candidates"] if c["id"] == "N1")
+    first["characterization"] = {
+        "type": "part-solid", "calcified": False, "volume_ml": 0.42, "long_axis_mm": 11.0, "short_axis_mm": 8.2,
+        "mean_diameter_mm": 9.6, "solid_component_mm": 6.5, "mean_hu": -350.0, "lung_rads": "4A"}
+    volume, _ = volume_and_study
+    table = findings_scene.create_result_nodes(scene, volume, doc).table
+    col = {table.GetColumnName(c): c for c in range(table.GetNumberOfColumns())}
+    assert table.GetCellText(0, col["Type"]) == "part-solid"
+    assert float(table.GetCellText(0, col["Mean diameter (mm)"])) == pytest.approx(9.6)
+    assert float(table.GetCellText(0, col["Volume (mL)"])) == pytest.approx(0.42)
+    assert table.GetCellText(0, col["Lung-RADS"]) == "4A"
+    assert table.GetCellText(1, col["Lung-RADS"]) == "" and table.GetCellText(1, col["Type"]) == ""
