@@ -8,7 +8,6 @@ its radius (the LUNA16 rule), reported with that candidate's rank and score.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import List
 
@@ -31,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=2, help="seed of the synthetic scan (default 2: three nodules)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--progress", default="bar", choices=("bar", "none"))
+    p.add_argument("--no-characterize", action="store_true",
+                   help="skip nodule characterization (size, type, Lung-RADS) of the top candidates")
     p.add_argument("--size", default="full", choices=("full", "small"),
                    help="full: a LUNA16-like 512x512 scan (default; minutes on a CPU); small: a coarse "
                         "~2 mm scan that runs in seconds but is below the resolution the model was trained on")
@@ -62,9 +63,14 @@ def run(args) -> int:
 
     out: Path = check_output_folder(args.out)
     sink = EventSink(args.progress)
+    steps = ()
+    if not args.no_characterize:
+        from ..characterization import characterize_in_place
+
+        steps = (characterize_in_place,)
     runner = ScanBatchRunner(out, BatchOptions(formats=parse_formats("auto"), overwrite=True), sink=sink,
-                         detector_factory=lambda: detect_cli._load_detector(
-                             argparse.Namespace(model=args.model, device=args.device, batch_size=None)))
+                             detector_factory=lambda: detect_cli.load_detector(args.model, args.device),
+                             post_detection=steps)
     runner.load_detector()
     sink.message(f"generating synthetic CT (seed {args.seed}) ...")
     scan = generate_scan(args.seed, 0, size=args.size)

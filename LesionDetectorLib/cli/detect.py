@@ -108,10 +108,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _load_detector(args):
+def load_detector(model: str, device: str = "auto", batch_size=None):
+    """The detector ``detect`` and ``demo`` run (one place, so tests can stand a fake one in)."""
     from ..inference import Detector
 
-    return Detector.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    return Detector.from_pretrained(model, device=device, batch_size=batch_size)
 
 
 def options_from_args(args) -> BatchOptions:
@@ -137,7 +138,7 @@ def run(args) -> int:
         handler = JsonlLogHandler(sink)
         logging.getLogger("lesion-detector").addHandler(handler)
     try:
-        runner = ScanBatchRunner(args.out, options_from_args(args), lambda: _load_detector(args), sink,
+        runner = ScanBatchRunner(args.out, options_from_args(args), lambda: load_detector(args.model, args.device, args.batch_size), sink,
                                  post_detection=post_detection_steps(args))
         return runner.run(args.inputs)
     except (LesionDetectorError, ValueError, FileNotFoundError) as exc:

@@ -36,12 +36,12 @@ def scans(tmp_path, chest_phantom):
 def blob_detector(monkeypatch):
     models = []
 
-    def load(args):
+    def load(model_name, device="auto", batch_size=None):
         model = BlobModel()
         models.append(model)
         return Detector(model, fake_card(), device="cpu", tile=64, overlap=16)
 
-    monkeypatch.setattr(detect_cli, "_load_detector", load)
+    monkeypatch.setattr(detect_cli, "load_detector", load)
     return models
 
 
@@ -136,8 +136,8 @@ def test_interrupt_leaves_no_results(tmp_path, scans, monkeypatch):
                 raise KeyboardInterrupt
             return super().forward(images)
 
-    monkeypatch.setattr(detect_cli, "_load_detector",
-                        lambda args: Detector(Interrupting(), fake_card(), device="cpu", tile=64, overlap=16))
+    monkeypatch.setattr(detect_cli, "load_detector",
+                        lambda *a, **k: Detector(Interrupting(), fake_card(), device="cpu", tile=64, overlap=16))
     out = tmp_path / "r"
     assert main(["detect", scans["mhd"], "--out", str(out), "--progress", "none"]) == 130
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))

@@ -45,12 +45,12 @@ def model_calls(monkeypatch):
     """The fake detector; ``model_calls`` lists every forward pass (empty = the model never ran)."""
     calls = []
 
-    def load(args):
+    def load(model_name, device="auto", batch_size=None):
         model = BlobModel()
         calls.append(model)
         return Detector(model, fake_card(), device="cpu", tile=64, overlap=16)
 
-    monkeypatch.setattr(detect_cli, "_load_detector", load)
+    monkeypatch.setattr(detect_cli, "load_detector", load)
     return calls
 
 
