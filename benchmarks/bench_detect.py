@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -49,15 +48,9 @@ def chest_scan(slices: int, seed: int = 0):
 
 def _cpu_model() -> str:
     """The CPU model and its bf16 support (the choice of precision depends on it)."""
-    from LesionDetectorLib.inference.engine import cpu_has_native_bf16
+    from LesionDetectorLib.inference.engine import cpu_has_native_bf16, cpu_model_name
 
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
+    return f"{cpu_model_name()}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tarfile
 import time
@@ -30,6 +29,7 @@ import SimpleITK as sitk
 
 from LesionDetectorLib import Detector, read_volume
 from LesionDetectorLib.coordinates import world_to_index
+from LesionDetectorLib.inference.engine import cpu_model_name
 from LesionDetectorLib.inference.patient_flag import OPERATING_POINT_NAMES
 
 PYPI_JSON = "https://pypi.org/pypi/pyradiomics/3.1.0/json"
@@ -94,14 +94,6 @@ def on_lesion(points_lps: np.ndarray, dist: sitk.Image, centre: np.ndarray, diam
     return out
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="luna16-synthetic")
@@ -143,7 +135,7 @@ def main(argv=None) -> int:
                "precision": findings.provenance.get("precision")}
         results.append(row)
         print(json.dumps(row))
-    summary = {"date": date.today().isoformat(), "cpu": cpu_name(), "model": detector.model_identity,
+    summary = {"date": date.today().isoformat(), "cpu": cpu_model_name(), "model": detector.model_identity,
                "score_fusion": detector.settings.fusion.to_dict(), "results": results,
                "command": " ".join(["python", "benchmarks/bench_real_ct.py", *(argv or sys.argv[1:])])}
     if args.json:

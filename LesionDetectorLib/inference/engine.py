@@ -101,6 +101,19 @@ class ScoreFusion:
         return cls(str(spec.get("method", "mean")), tuple(spec.get("weights", (1.0, 1.0, 0.0))))
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for cards and benchmark tables."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return name
+
+
 def cpu_has_native_bf16() -> bool:
     """True when this CPU executes bf16 matrix math natively (AMX-BF16 or AVX512-BF16), where
     oneDNN's bf16 convolutions are ~2x faster than fp32; elsewhere bf16 is emulated and slower."""

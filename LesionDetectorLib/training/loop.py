@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..inference.device import memory_format_for
-from ..inference.engine import autocast_for, cpu_has_native_bf16
+from ..inference.engine import autocast_for, cpu_has_native_bf16, cpu_model_name
 from ..model import ModelConfig, build_model, save_pretrained
 from .cache import CachedScan
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -72,13 +71,7 @@ def hardware_description(device: torch.device) -> str:
     if device.type == "cuda":
         what = f"{torch.cuda.get_device_name(device)} x{max(torch.cuda.device_count(), 1)} visible"
     else:
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        except OSError:
-            pass
-        what = f"CPU {cpu}, {torch.get_num_threads()} threads"
+        what = f"CPU {cpu_model_name()}, {torch.get_num_threads()} threads"
     return f"{what}, torch {torch.__version__}"
 
 
