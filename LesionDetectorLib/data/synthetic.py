@@ -32,7 +32,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -483,6 +483,46 @@ def _fmt(v: float) -> str:
     return repr(float(v))
 
 
+NODULE_LIST_COLUMNS = [*ANNOTATION_COLUMNS, "readers", "category", "placement", "texture", "calcification",
+                       "lidc_scan_id", "lidc_shape_index", "list"]
+
+
+def write_dataset_scan(out: Path, scan: SyntheticScan, index: int, subsets: int = 10,
+                       lung_masks: bool = True) -> Tuple[List[list], List[list], List[list]]:
+    """Write scan ``index`` of a data set (``subset{index % subsets}``, its lung mask) and return its
+    rows of ``annotations.csv``, ``annotations_excluded.csv`` and ``synthetic_nodules.csv``."""
+    out = Path(out)
+    subset = out / f"subset{index % subsets}"
+    subset.mkdir(parents=True, exist_ok=True)
+    write_scan(scan, subset / f"{scan.series_uid}.mhd")
+    if lung_masks:
+        (out / "seg-lungs-LUNA16").mkdir(exist_ok=True)
+        write_lung_mask(scan, out / "seg-lungs-LUNA16" / f"{scan.series_uid}.mhd")
+    ann, exc, full = [], [], []
+    for nod in scan.nodules:
+        row = [scan.series_uid, *(_fmt(v) for v in nod.center_lps), _fmt(nod.diameter_mm)]
+        (ann if nod.luna16_positive else exc).append(row)
+        full.append(row + [nod.readers, nod.category, nod.placement, nod.texture, nod.calcification,
+                           nod.lidc_scan_id, nod.lidc_shape_index,
+                           "annotations" if nod.luna16_positive else "excluded"])
+    return ann, exc, full
+
+
+def write_dataset_lists(out: Path, uids: Sequence[str], ann_rows, exc_rows, all_rows,
+                        timings: Sequence[float]) -> Dict[str, object]:
+    """Write the data set's CSVs (after its scans: a partial run leaves no list naming a missing
+    scan) and return the summary dict."""
+    out = Path(out)
+    for name, rows in (("annotations.csv", ann_rows), ("annotations_excluded.csv", exc_rows)):
+        write_csv(out / name, ANNOTATION_COLUMNS, rows)
+    write_seriesuids(out / "seriesuids.csv", uids)
+    write_csv(out / "synthetic_nodules.csv", NODULE_LIST_COLUMNS, all_rows)
+    positives = {r[0] for r in ann_rows}
+    return dict(root=str(out), scans=len(uids), annotations=len(ann_rows), excluded=len(exc_rows),
+                negative_scans=sum(1 for u in uids if u not in positives),
+                mean_generation_s=float(np.mean(timings)))
+
+
 def write_dataset(out: Path, n: int, seed: int, size: str = "full", subsets: int = 10,
                   lung_masks: bool = True,
                   progress: Optional[Callable[[int, int, SyntheticScan], None]] = None) -> Dict[str, object]:
@@ -503,27 +543,12 @@ def write_dataset(out: Path, n: int, seed: int, size: str = "full", subsets: int
     timings = []
     for i in range(n):
         scan = generate_scan(seed, i, size, library)
-        subset = out / f"subset{i % subsets}"
-        subset.mkdir(exist_ok=True)
-        write_scan(scan, subset / f"{scan.series_uid}.mhd")
-        if lung_masks:
-            (out / "seg-lungs-LUNA16").mkdir(exist_ok=True)
-            write_lung_mask(scan, out / "seg-lungs-LUNA16" / f"{scan.series_uid}.mhd")
+        ann, exc, full = write_dataset_scan(out, scan, i, subsets, lung_masks)
+        ann_rows += ann
+        exc_rows += exc
+        all_rows += full
         uids.append(scan.series_uid)
-        for nod in scan.nodules:
-            row = [scan.series_uid, *(_fmt(v) for v in nod.center_lps), _fmt(nod.diameter_mm)]
-            (ann_rows if nod.luna16_positive else exc_rows).append(row)
-            all_rows.append(row + [nod.readers, nod.category, nod.placement, nod.texture, nod.calcification,
-                                   nod.lidc_scan_id, nod.lidc_shape_index,
-                                   "annotations" if nod.luna16_positive else "excluded"])
         timings.append(scan.info["timings_s"]["total"])
         if progress:
             progress(i + 1, n, scan)
-    for name, rows in (("annotations.csv", ann_rows), ("annotations_excluded.csv", exc_rows)):
-        write_csv(out / name, ANNOTATION_COLUMNS, rows)
-    write_seriesuids(out / "seriesuids.csv", uids)
-    write_csv(out / "synthetic_nodules.csv", [*ANNOTATION_COLUMNS, "readers", "category", "placement", "texture",
-                                              "calcification", "lidc_scan_id", "lidc_shape_index", "list"], all_rows)
-    return dict(root=str(out), scans=n, annotations=len(ann_rows), excluded=len(exc_rows),
-                negative_scans=sum(1 for u in uids if not any(r[0] == u for r in ann_rows)),
-                mean_generation_s=float(np.mean(timings)))
+    return write_dataset_lists(out, uids, ann_rows, exc_rows, all_rows, timings)

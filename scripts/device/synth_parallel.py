@@ -8,14 +8,16 @@ writes the lists afterwards. The result is file-for-file what ``lesion-detector 
 --seed S`` writes (the CPU dry run of ``train_eval_bundle.sh`` diffs the two), so a test set
 made here is the project's held-out test set when its seed and count are.
 
-The per-scan rows below follow ``data.synthetic.write_dataset``; keep them in step with it
-(``--check`` compares against it on a small set).
+Each scan is written by ``data.synthetic.write_dataset_scan`` and the lists by
+``write_dataset_lists``, the two halves of ``write_dataset`` (``--check`` compares the output
+with it on a small set).
 """
 from __future__ import annotations
 
 import argparse
 import filecmp
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -28,55 +30,33 @@ _LIBRARY = None
 
 def _one(out: str, seed: int, index: int, size: str, subsets: int, lung_masks: bool):
     from LesionDetectorLib.data.lidc_shapes import load_shape_library
-    from LesionDetectorLib.data.synthetic import _fmt, generate_scan, write_lung_mask, write_scan
+    from LesionDetectorLib.data.synthetic import generate_scan, write_dataset_scan
 
     global _LIBRARY
     if _LIBRARY is None:
         _LIBRARY = load_shape_library()
-    out = Path(out)
     scan = generate_scan(seed, index, size, _LIBRARY)
-    subset = out / f"subset{index % subsets}"
-    subset.mkdir(parents=True, exist_ok=True)
-    write_scan(scan, subset / f"{scan.series_uid}.mhd")
-    if lung_masks:
-        (out / "seg-lungs-LUNA16").mkdir(exist_ok=True)
-        write_lung_mask(scan, out / "seg-lungs-LUNA16" / f"{scan.series_uid}.mhd")
-    ann, exc, full = [], [], []
-    for nod in scan.nodules:
-        row = [scan.series_uid, *(_fmt(v) for v in nod.center_lps), _fmt(nod.diameter_mm)]
-        (ann if nod.luna16_positive else exc).append(row)
-        full.append(row + [nod.readers, nod.category, nod.placement, nod.texture, nod.calcification,
-                           nod.lidc_scan_id, nod.lidc_shape_index,
-                           "annotations" if nod.luna16_positive else "excluded"])
+    ann, exc, full = write_dataset_scan(Path(out), scan, index, subsets, lung_masks)
     return scan.series_uid, ann, exc, full, scan.info["timings_s"]["total"]
 
 
 def write_dataset_parallel(out: Path, n: int, seed: int, size: str = "full", subsets: int = 10,
                            lung_masks: bool = True, workers: int = 1) -> dict:
-    from LesionDetectorLib.luna16_format import ANNOTATION_COLUMNS, write_csv, write_seriesuids
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # One thread per worker: the generator's torch convolutions would otherwise oversubscribe.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")  # SimpleITK's filters likewise
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    # spawn, not fork: a parent that already ran torch / ITK (their thread pools) deadlocks forked children
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_one, [str(out)] * n, [seed] * n, range(n), [size] * n,
                                 [subsets] * n, [lung_masks] * n))
-    ann_rows = [r for res in results for r in res[1]]
-    exc_rows = [r for res in results for r in res[2]]
-    all_rows = [r for res in results for r in res[3]]
-    uids = [res[0] for res in results]
+    from LesionDetectorLib.data.synthetic import write_dataset_lists
+
     # Lists last, as write_dataset does: a partial run leaves no list naming a missing scan.
-    for name, rows in (("annotations.csv", ann_rows), ("annotations_excluded.csv", exc_rows)):
-        write_csv(out / name, ANNOTATION_COLUMNS, rows)
-    write_seriesuids(out / "seriesuids.csv", uids)
-    write_csv(out / "synthetic_nodules.csv", [*ANNOTATION_COLUMNS, "readers", "category", "placement", "texture",
-                                              "calcification", "lidc_scan_id", "lidc_shape_index", "list"], all_rows)
-    positives = {r[0] for r in ann_rows}
-    return dict(root=str(out), scans=n, annotations=len(ann_rows), excluded=len(exc_rows),
-                negative_scans=sum(1 for u in uids if u not in positives),
-                mean_generation_s=sum(res[4] for res in results) / max(n, 1))
+    return write_dataset_lists(out, [res[0] for res in results], [r for res in results for r in res[1]],
+                               [r for res in results for r in res[2]], [r for res in results for r in res[3]],
+                               [res[4] for res in results])
 
 
 def check_against_library(n: int = 2, seed: int = 5) -> None:
