@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..inference.engine import EngineSettings, ScoreFusion, postprocess_rows
-from ..luna16_format import COORD_COLUMNS
 
 _EPS = 1e-6
 
@@ -76,16 +75,8 @@ def collect_marks(detector, dataset, seriesuids: Sequence[str], progress: bool =
 
 
 def _truth_rows(records) -> List[Tuple[float, float, float, float]]:
-    rows = []
-    for r in records:
-        if isinstance(r, dict):     # LUNA16 column names
-            rows.append((*(float(r[c]) for c in COORD_COLUMNS), float(r["diameter_mm"])))
-        elif hasattr(r, "x"):
-            rows.append((float(r.x), float(r.y), float(r.z), float(r.diameter_mm)))
-        else:
-            x, y, z, d = list(r)[-4:]
-            rows.append((float(x), float(y), float(z), float(d)))
-    return rows
+    """``Luna16Dataset.annotations(uid)`` rows ``[x, y, z, diameter]`` as tuples."""
+    return [tuple(float(v) for v in r[:4]) for r in np.asarray(records, dtype=np.float64).reshape(-1, 4)]
 
 
 def predictions_for(scans: Sequence[ScanMarks], settings: EngineSettings, min_score: float = 0.0,
@@ -253,7 +244,3 @@ def calibration_card_fields(cal: Calibration, data: str) -> Dict[str, Any]:
     return {"score_fusion": cal.fusion.to_dict(), "operating_points": cal.operating_points,
             "validation": dict(cal.validation, data=data, fusion_candidates=cal.candidates),
             "patient_probability": cal.patient_probability}
-
-
-def finite_or_none(value: float) -> Optional[float]:
-    return float(value) if value is not None and math.isfinite(value) else None

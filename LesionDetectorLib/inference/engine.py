@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -324,14 +324,3 @@ def _owns_any(tile: Tile, valid: np.ndarray) -> bool:
         sl.append(slice(a, b))
     sub = valid[tuple(sl)]
     return bool(sub.size and sub.any())
-
-
-def engine_for_model(model: torch.nn.Module, card_or_config: Union[Mapping[str, Any], Any], device: torch.device,
-                     batch_size: int = 1, **overrides: Any) -> DetectionEngine:
-    """An engine for a bare model (training validation, ABS): settings from a card-like dict, or
-    from a :class:`~LesionDetectorLib.model.ModelConfig` (its crop as the tile)."""
-    if not isinstance(card_or_config, Mapping):
-        from dataclasses import asdict
-
-        card_or_config = {"config": asdict(card_or_config)}
-    return DetectionEngine(model, EngineSettings.from_card(card_or_config, **overrides), device, batch_size)

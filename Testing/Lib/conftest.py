@@ -112,3 +112,22 @@ def _write_dicom_series(folder, volume: Volume, modality: str = "CT", series_uid
 def write_dicom_series():
     """Factory: ``write_dicom_series(folder, volume, modality="CT", series_uid=None, prefix="IM") -> (uid, paths)``."""
     return _write_dicom_series
+
+
+@pytest.fixture
+def blob_detector(monkeypatch):
+    """``detect`` / ``demo`` load a fake detector (the blob model of test_inference_pipeline, 64^3
+    tiles); the fixture's list gets every model built, so an empty list means the model never ran."""
+    from LesionDetectorLib.cli import detect as detect_cli
+    from LesionDetectorLib.inference import Detector
+    from test_inference_pipeline import BlobModel, fake_card
+
+    models = []
+
+    def load(model_name, device="auto", batch_size=None):
+        model = BlobModel()
+        models.append(model)
+        return Detector(model, fake_card(), device="cpu", tile=64, overlap=16)
+
+    monkeypatch.setattr(detect_cli, "load_detector", load)
+    return models

@@ -32,19 +32,6 @@ def scans(tmp_path, chest_phantom):
     return {"mhd": mhd, "dicom": str(dicom), "bad": str(bad), "dir": str(inputs)}
 
 
-@pytest.fixture
-def blob_detector(monkeypatch):
-    models = []
-
-    def load(model_name, device="auto", batch_size=None):
-        model = BlobModel()
-        models.append(model)
-        return Detector(model, fake_card(), device="cpu", tile=64, overlap=16)
-
-    monkeypatch.setattr(detect_cli, "load_detector", load)
-    return models
-
-
 def test_batch_writes_one_result_set_per_scan_and_reports_bad_ones(tmp_path, scans, blob_detector, capsys):
     out = tmp_path / "results"
     code = main(["detect", scans["mhd"], scans["dicom"], scans["bad"], str(tmp_path / "nope.mhd"),

@@ -24,15 +24,13 @@ import numpy as np
 import pytest
 
 from LesionDetectorLib import batch
-from LesionDetectorLib.cli import detect as detect_cli
 from LesionDetectorLib.cli.main import main
 from LesionDetectorLib.errors import ModelError, VolumeError
 from LesionDetectorLib.export import read_findings_json
-from LesionDetectorLib.inference import Detector
 from LesionDetectorLib.io import read_volume, write_volume
 from LesionDetectorLib.volume import Volume
 
-from test_inference_pipeline import NODULE_D, NODULE_HU, BlobModel, fake_card
+from test_inference_pipeline import NODULE_D, NODULE_HU
 
 REPO = Path(__file__).resolve().parents[2]
 NODULE = np.array([50.0, -10.0, 5.0])
@@ -41,17 +39,9 @@ RESULT_FILES = {"findings.json", "findings.mrk.json", "luna16.csv"}
 
 # --------------------------------------------------------------------------------- helpers
 @pytest.fixture
-def model_calls(monkeypatch):
-    """The fake detector; ``model_calls`` lists every forward pass (empty = the model never ran)."""
-    calls = []
-
-    def load(model_name, device="auto", batch_size=None):
-        model = BlobModel()
-        calls.append(model)
-        return Detector(model, fake_card(), device="cpu", tile=64, overlap=16)
-
-    monkeypatch.setattr(detect_cli, "load_detector", load)
-    return calls
+def model_calls(blob_detector):
+    """The fake detector (conftest's ``blob_detector``); empty = the model never ran."""
+    return blob_detector
 
 
 def cli(argv, capsys, characterize=False):
