@@ -31,7 +31,7 @@ from ..errors import ModelError
 from ..version import __version__
 from ..volume import Volume
 from .device import memory_format_for, resolve_device
-from .engine import DetectionEngine, EngineSettings, valid_voxels
+from .engine import DetectionEngine, EngineSettings
 from ..findings import Candidate, Findings
 from .patient_flag import DEFAULT_OPERATING_POINT, patient_flag, patient_probability, resolve_operating_point
 from .progress import CancelToken, ProgressCallback, StageTimer, report
@@ -226,8 +226,6 @@ class Detector:
                 report(progress, "model", n_done, n_total)
                 token.raise_if_cancelled()
 
-            report(progress, "model", 0, len(self.engine.plan(pre.image.shape,
-                                                             valid_voxels(pre.image, pad_value))[0]))
             result = self.engine.detect(pre.image, pad_value, after_batch)
 
         with timer.stage("postprocess"):

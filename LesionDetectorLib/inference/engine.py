@@ -286,13 +286,15 @@ class DetectionEngine:
 
     def detect(self, image: np.ndarray, pad_value: float,
                after_batch: Optional[Callable[[int, int], None]] = None) -> EngineResult:
-        """Marks of ``image`` (see the module docstring). ``after_batch(done, total)`` runs after
-        every batch (progress and cancellation: it may raise)."""
+        """Marks of ``image`` (see the module docstring). ``after_batch(done, total)`` runs once
+        before the first batch (done = 0) and after every batch (progress and cancellation: it may
+        raise)."""
         image = np.asarray(image)
         tiles, planned = self.plan(image.shape, valid_voxels(image, pad_value))
         precision = resolve_precision(self.settings.precision, self.device)
         runner = BatchRunner(self.device, self.batch_size, on_device_change=self._device_changed)
         hook = (lambda n: after_batch(n, len(tiles))) if after_batch else (lambda n: None)
+        hook(0)
         per_tile = runner.run(tiles, lambda chunk, dev: self._forward(image, pad_value, chunk, dev, precision), hook)
         rows = np.concatenate(per_tile, axis=0) if per_tile else np.zeros((0, 7))
         return EngineResult(rows=postprocess_rows(rows, self.settings), raw_rows=rows, n_tiles=len(tiles),
