@@ -4,7 +4,7 @@ import json
 from LesionDetectorLib.cli.main import main
 from LesionDetectorLib.export import read_findings_json
 
-from test_cli_detect import blob_detector, scans  # noqa: F401  (fixtures)
+from test_cli_detect import scans  # noqa: F401  (fixture; blob_detector comes from conftest)
 
 
 def test_detect_characterizes_by_default_and_can_skip(tmp_path, scans, blob_detector, capsys):  # noqa: F811
