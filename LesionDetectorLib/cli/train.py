@@ -53,7 +53,12 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument("--init", default=None,
+                   help="model directory or bundled model name to start from: the frozen model of --fprn-phase, "
+                        "or, without it, the weights that joint training fine-tunes (its config replaces --preset)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validate-every", type=int, default=1,
+                   help="validate (and maybe save the best model) every N epochs and after the last (1)")
     p.add_argument("--folds", type=int, nargs="*", default=None,
                    help="LUNA16 subsets held out for validation (e.g. --folds 0; luna16 only)")
     p.add_argument("--time-budget-min", type=float, default=0.0, help="stop after this many minutes")
@@ -71,7 +76,6 @@ def register(subparsers) -> None:
     g.add_argument("--fprn-phase", action="store_true",
                    help="train only the FPRN of --init on RoIs harvested once from the frozen backbone and RPN, "
                         "with balanced batches and online hard-negative mining")
-    g.add_argument("--init", default=None, help="model directory or bundled model name to start from (--fprn-phase)")
     g.add_argument("--fprn-steps", type=int, default=150, help="training steps per FPRN-phase epoch (150)")
     g.add_argument("--fprn-batch", type=int, default=192, help="RoIs per FPRN-phase step (192)")
     g.add_argument("--fprn-scans", type=int, default=0,
@@ -102,7 +106,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--val-data {args.val_data} is not a directory")
     if getattr(args, "hard_negatives", None) and not Path(args.hard_negatives).is_file():
         raise FileNotFoundError(f"--hard-negatives {args.hard_negatives} is not a file")
-    for name in ("epochs", "iters", "batch_size", "fprn_steps", "fprn_batch"):
+    for name in ("epochs", "iters", "batch_size", "fprn_steps", "fprn_batch", "validate_every"):
         if getattr(args, name, 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("fprn_scans", "fprn_val_scans"):
@@ -164,7 +168,15 @@ def run(args: argparse.Namespace) -> int:
         log.warning("training on DeepLesion with preset %r: the paper's DeepLesion anchors and 64x128x128 "
                     "crops are in preset 'deeplesion'", preset)
     overrides = {"crop_size": (args.crop,) * 3} if args.crop else {}
-    config = ModelConfig.preset(preset, **overrides)
+    if args.init and not args.fprn_phase:
+        if args.preset:
+            raise ValueError("--init takes the model's own config; do not pass --preset with it")
+        from ..inference.detector import resolve_model_dir
+        from ..model.card import read_card
+
+        config = ModelConfig.from_dict(dict(read_card(resolve_model_dir(args.init))["config"], **overrides))
+    else:
+        config = ModelConfig.preset(preset, **overrides)
     info = init_distributed(args.device)
     try:
         out = Path(args.out)
@@ -194,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
                             time_budget_min=args.time_budget_min, resume=args.resume, num_workers=args.workers,
                             abs_epochs=abs_epochs, progress_bar=not args.no_progress,
                             hard_negatives_csv=str(args.hard_negatives or ""),
+                            validate_every=args.validate_every, init_model=str(args.init or ""),
                             card={"name": f"{config.name}-{Path(args.data).resolve().name}",
                                   "training_data": training_data_card(args, len(scans), len(val)),
                                   "preprocessing": preprocessing_card(args),

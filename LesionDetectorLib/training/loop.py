@@ -58,6 +58,7 @@ class TrainOptions:
     abs_hard_fraction: float = 0.3
     hard_negatives_csv: str = ""        # reviewers' rejected candidates (lesion-detector labels), world LPS
     progress_bar: bool = True
+    init_model: str = ""                # fine-tune: start from this model directory or bundled name
     card: Dict[str, object] = field(default_factory=dict)
 
 
@@ -113,7 +114,9 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     _seed_everything(opts.seed + info.rank)
-    model = build_model(config).to(device)
+    model = build_model(config)
+    init_card = _load_init(model, config, opts.init_model) if opts.init_model else None
+    model = model.to(device)
     layout = memory_format_for(device) if opts.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -126,6 +129,11 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
     state_precision = precision
     stage = "rpn"
     state = {"epoch": 0, "iteration": 0, "best_cpm": -1.0, "elapsed_s": 0.0, "abs_done": False}
+    if init_card is not None:
+        # A trained FPRN is not sent back to the RPN-only stage, and the card records the start.
+        state["fprn_started"] = bool(config.fprn)
+        opts.card.setdefault("training", {})["init_model"] = {
+            k: init_card.get(k) for k in ("name", "version", "sha256")}
     if opts.resume and (out / "checkpoint").is_dir():
         state, _ = load_checkpoint(out / "checkpoint", model, optimizer, scaler)
         log.info("resumed from epoch %d, iteration %d", state["epoch"], state["iteration"])
@@ -232,6 +240,25 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
             log.info("epoch %d: %s", state["epoch"], {k: v for k, v in record.items() if k != "epoch"})
     return {"epochs": state["epoch"], "iterations": state["iteration"], "best_cpm": state["best_cpm"],
             "elapsed_s": time.time() - start_time, "out_dir": str(out), "model_dir": str(out / "model")}
+
+
+def _load_init(model, config: ModelConfig, name_or_dir: str) -> Dict[str, object]:
+    """Copy a trained model's weights into ``model`` (fine-tuning); its architecture must be ``config``'s."""
+    from ..inference.detector import resolve_model_dir
+    from ..model.card import load_pretrained
+
+    trained, card = load_pretrained(resolve_model_dir(name_or_dir), "cpu")
+    # The crop is a training choice, not part of the weights' architecture.
+    have = {k: v for k, v in trained.config.to_dict().items() if k not in ("crop_size", "name")}
+    want = {k: v for k, v in config.to_dict().items() if k not in ("crop_size", "name")}
+    if have != want:
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        raise ValueError(f"--init {name_or_dir}: its architecture differs from this run's in {', '.join(diff)}; "
+                         "fine-tuning takes the model's own config (omit --preset and --crop)")
+    model.load_state_dict(trained.state_dict())
+    log.info("fine-tuning from %s %s (sha256 %s...)", card.get("name"), card.get("version"),
+             str(card.get("sha256"))[:12])
+    return card
 
 
 def _validation(model, val_scans, config, device):

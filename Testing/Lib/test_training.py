@@ -151,3 +151,32 @@ def test_bf16_training_losses_match_fp32():
     for k, v in losses["fp32"].items():
         assert abs(losses["bf16"][k] - v) <= 0.05 * abs(v) + 1e-4, (k, v, losses["bf16"][k])
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+
+
+def test_fine_tuning_starts_from_the_init_model_and_checks_its_architecture(tmp_path):
+    """train --init MODEL (joint training): the run starts from MODEL's weights (lr 0 keeps them
+    exactly), trains the FPRN from the first step, records MODEL in the card, and refuses a model
+    whose architecture differs from the run's config."""
+    from LesionDetectorLib.model import build_model
+    from LesionDetectorLib.model.card import save_pretrained
+
+    torch.manual_seed(1)
+    scan = sphere_scan()
+    config = ModelConfig.preset("tiny", **CFG)
+    start = build_model(config)
+    save_pretrained(start, tmp_path / "init", {"name": "init-model", "version": "9.9"})
+    opts = TrainOptions(out_dir=str(tmp_path / "ft"), epochs=1, iters_per_epoch=2, batch_size=1, lr=0.0,
+                        weight_decay=0.0, progress_bar=False, amp=False, init_model=str(tmp_path / "init"))
+    train_model(config.replace(crop_size=(48, 48, 48)), [scan], [], opts)   # the crop may differ
+    tuned, card = load_pretrained(tmp_path / "ft" / "model")
+    tuned_params = dict(tuned.named_parameters())
+    for name, a in start.named_parameters():      # (batch-norm running statistics do move)
+        assert torch.equal(a, tuned_params[name]), name
+    assert card["training"]["init_model"]["name"] == "init-model"
+    log = [json.loads(line) for line in (tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["stage"] == "joint"           # not the RPN-only warm-up of a fresh run
+
+    other = TrainOptions(out_dir=str(tmp_path / "bad"), epochs=1, iters_per_epoch=1, progress_bar=False,
+                         init_model=str(tmp_path / "init"))
+    with pytest.raises(ValueError, match="pyramid_channels"):
+        train_model(config.replace(pyramid_channels=16), [scan], [], other)
