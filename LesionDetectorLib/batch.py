@@ -14,8 +14,11 @@
   ``<out>/.<name>.partial-*`` folder that is renamed into place as a whole; any failure
   (an exporter's exception, a full disk, Ctrl-C) removes it, so ``<out>/<name>/`` either
   holds every result of the scan or does not exist.
-* **optional exports**: a DICOM SR that cannot be written is a ``warning``; the other
-  results still land.
+* **optional exports**: a DICOM SR or SEG that cannot be written is a ``warning`` (and no
+  file of it is left); the other results still land.
+* **nodule masks**: a post-detection step may return named outputs for the exporters
+  (``{"masks": label Volume}`` from characterization); ``nodule_masks.seg.nrrd`` (every input)
+  and the DICOM SEG ``nodule_masks_seg.dcm`` (DICOM input) are written from them.
 * **events** (:class:`EventSink`): the jsonl progress protocol of ``docs/architecture.md``.
 * **post-detection steps**: :meth:`ScanBatchRunner.analyse` is the one place where steps that
   run on ``(volume, findings)`` after detection and before export are called (``post_detection``).
@@ -47,14 +50,18 @@ from .errors import CancelledError, LesionDetectorError, OutputFolderError
 
 log = logging.getLogger("lesion-detector.batch")
 
-FORMATS = ("mrk.json", "csv", "json", "sr")
+FORMATS = ("mrk.json", "csv", "json", "sr", "seg", "seg.nrrd")
+DICOM_FORMATS = ("sr", "seg")  # need highdicom, and DICOM input to reference
 SCAN_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr", ".nii.gz", ".nii")
-FILES = {"json": "findings.json", "mrk.json": "findings.mrk.json", "csv": "luna16.csv", "sr": "findings_sr.dcm"}
+FILES = {"json": "findings.json", "mrk.json": "findings.mrk.json", "csv": "luna16.csv", "sr": "findings_sr.dcm",
+         "seg": "nodule_masks_seg.dcm", "seg.nrrd": "nodule_masks.seg.nrrd"}
 SUBMISSION = "luna16_submission.csv"
 _PARTIAL = ".partial-"
 _HASH_CHARS = 8
 
-PostDetectionStep = Callable[[Any, Any], None]  # (volume, findings) -> None, may edit findings in place
+# (volume, findings) -> None or {name: output for the exporters}; may edit findings in place.
+# The one output the exporters read: "masks", the label Volume of characterization.label_volume.
+PostDetectionStep = Callable[[Any, Any], Optional[Dict[str, Any]]]
 
 
 # ------------------------------------------------------------------------------ event output
@@ -472,23 +479,25 @@ def _fsync_dir(path: Path) -> None:
 
 # --------------------------------------------------------------------------------- exports
 def sr_available() -> bool:
-    """The DICOM SR export needs the optional ``dicom`` extra (highdicom + pydicom)."""
+    """The DICOM SR and SEG exports need the optional ``dicom`` extra (highdicom + pydicom)."""
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("highdicom", "pydicom"))
 
 
 def parse_formats(text: str) -> List[str]:
-    """``auto`` = every format, the DICOM SR only when highdicom is installed; an explicit ``sr``
-    without highdicom is refused up front rather than failing after detection."""
+    """``auto`` = every format, the DICOM SR and SEG only when highdicom is installed; an explicit
+    ``sr`` or ``seg`` without highdicom is refused up front rather than failing after detection."""
     if text.strip().lower() == "auto":
-        return [f for f in FORMATS if f != "sr" or sr_available()]
+        return [f for f in FORMATS if f not in DICOM_FORMATS or sr_available()]
     formats = [f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"unknown --format {', '.join(bad) or text!r}; choose from auto, {', '.join(FORMATS)}")
-    if "sr" in formats and not sr_available():
-        raise ValueError("the DICOM SR export needs highdicom and pydicom: pip install 'lesion-detector[dicom]'")
+    needs = [f for f in formats if f in DICOM_FORMATS]
+    if needs and not sr_available():
+        raise ValueError(f"the DICOM {' and '.join(f.upper() for f in needs)} export needs highdicom and pydicom: "
+                         "pip install 'lesion-detector[dicom]'")
     return formats
 
 
@@ -508,12 +517,15 @@ def luna16_seriesuid(findings, folder_name: str, series_uid: Optional[str] = Non
 
 
 def write_exports(findings, volume, scan_dir: Path, formats: Iterable[str],
-                  series_uid: Optional[str] = None, folder_name: Optional[str] = None
-                  ) -> Tuple[Dict[str, Path], List[str]]:
+                  series_uid: Optional[str] = None, folder_name: Optional[str] = None,
+                  masks=None) -> Tuple[Dict[str, Path], List[str]]:
     """Write the asked formats into ``scan_dir`` (named ``folder_name`` once committed), ``findings.json`` last.
 
-    The DICOM SR is optional: it is written only for DICOM input, and when it cannot be
-    written that is returned as a warning instead of failing the scan. Returns
+    The DICOM SR and SEG are optional: they are written only for DICOM input, and when one
+    cannot be written that is returned as a warning instead of failing the scan. ``masks``:
+    the characterized nodules' label Volume in ``volume``'s grid
+    (:func:`LesionDetectorLib.characterization.label_volume`); ``seg.nrrd`` and ``seg`` are
+    written from it (skipped with a log line when nothing was segmented). Returns
     ``({format: path}, warnings)``.
     """
     from .export import write_dicom_sr, write_findings_json, write_luna16_csv, write_markups_json
@@ -527,19 +539,37 @@ def write_exports(findings, volume, scan_dir: Path, formats: Iterable[str],
     if "csv" in formats:
         uid = luna16_seriesuid(findings, folder_name or scan_dir.name, series_uid)
         written["csv"] = write_luna16_csv([findings], scan_dir / FILES["csv"], series_uids=[uid])
-    if "sr" in formats:
-        files = volume.metadata.get("dicom_files") if volume is not None else None
-        if files:
-            try:
-                written["sr"] = write_dicom_sr(findings, scan_dir / FILES["sr"], files)
-            except CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the SR is optional; the other results still land
-                log.debug("DICOM SR failed", exc_info=True)
-                (scan_dir / FILES["sr"]).unlink(missing_ok=True)
-                warnings.append(f"the DICOM SR was not written: {exc}")
+    has_masks = masks is not None and bool(masks.array.any())
+    if "seg.nrrd" in formats:
+        if has_masks:
+            from .export.segmentation_nrrd import write_segmentation_nrrd
+
+            written["seg.nrrd"] = write_segmentation_nrrd(findings, masks, scan_dir / FILES["seg.nrrd"])
         else:
-            log.info("DICOM SR skipped: the input is not a DICOM series")
+            log.info("nodule masks skipped: no finding was segmented")
+    files = volume.metadata.get("dicom_files") if volume is not None else None
+    for fmt, what in (("sr", "SR"), ("seg", "SEG")):
+        if fmt not in formats:
+            continue
+        if not files:
+            log.info("DICOM %s skipped: the input is not a DICOM series", what)
+            continue
+        if fmt == "seg" and not has_masks:
+            log.info("DICOM SEG skipped: no finding was segmented")
+            continue
+        try:
+            if fmt == "sr":
+                written["sr"] = write_dicom_sr(findings, scan_dir / FILES["sr"], files)
+            else:
+                from .export.dicom_seg import write_dicom_seg
+
+                written["seg"] = write_dicom_seg(findings, masks, scan_dir / FILES["seg"], files)
+        except CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the DICOM objects are optional; the other results still land
+            log.debug("DICOM %s failed", what, exc_info=True)
+            (scan_dir / FILES[fmt]).unlink(missing_ok=True)
+            warnings.append(f"the DICOM {what} was not written: {exc}")
     written["json"] = write_findings_json(findings, scan_dir / FILES["json"])
     return written, warnings
 
@@ -662,10 +692,13 @@ class ScanBatchRunner:
         check_detectable(volume)
         return volume
 
-    def analyse(self, volume, findings) -> None:
-        """The one place where post-detection steps run (characterisation of findings...)."""
+    def analyse(self, volume, findings) -> Dict[str, Any]:
+        """The one place where post-detection steps run (characterisation of findings...);
+        returns their named outputs for the exporters (``masks``)."""
+        outputs: Dict[str, Any] = {}
         for step in self.post_detection:
-            step(volume, findings)
+            outputs.update(step(volume, findings) or {})
+        return outputs
 
     def detect(self, scan: ScanInput, folder: Path, volume=None, read_s: float = 0.0) -> ScanResult:
         """Read (unless ``volume`` is given, read in ``read_s`` seconds), detect, analyse and export one
@@ -682,7 +715,7 @@ class ScanBatchRunner:
                             max_candidates=opts.max_candidates)
         findings.timings_s["read"] = round(read_s, 4)
         findings.timings_s["total"] = round(findings.timings_s["total"] + read_s, 4)
-        self.analyse(volume, findings)
+        outputs = self.analyse(volume, findings)
         findings.volume["input_id"] = scan.input_id
         findings.volume["input_stamp"] = scan.stamp
         result = ScanResult(scan, folder, findings)
@@ -690,7 +723,8 @@ class ScanBatchRunner:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_PARTIAL}{os.getpid()}-", dir=folder.parent))
         try:
             written, result.warnings = write_exports(findings, volume, staging, opts.formats,
-                                                     series_uid=opts.series_uid, folder_name=folder.name)
+                                                     series_uid=opts.series_uid, folder_name=folder.name,
+                                                     masks=outputs.get("masks"))
             _fsync_dir(staging)
             _commit_folder(staging, folder)
         except BaseException:

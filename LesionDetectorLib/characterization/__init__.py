@@ -68,8 +68,9 @@ def characterize_candidate(volume: Volume, candidate: Candidate,
     ch = {
         "type": kind.type,
         "calcified": bool(kind.calcified),
-        "volume_ml": round(partial_volume_ml(seg.hu, seg.mask, seg.lung, s, seg.background_hu,
-                                             seg.edge_level_hu), 4),
+        # An unresolved nodule's segmentation measured its volume itself (blur-invariant sum).
+        "volume_ml": round(seg.volume_ml if seg.volume_ml is not None else
+                           partial_volume_ml(seg.hu, seg.mask, seg.lung, s, seg.background_hu, seg.edge_level_hu), 4),
         "mask_volume_ml": round(volume_ml(seg.mask, s), 4),
         "long_axis_mm": axes.long_axis_mm,
         "short_axis_mm": axes.short_axis_mm,
@@ -170,13 +171,19 @@ def characterize(volume: Volume, findings: Findings, lung_mask: Optional[Union[n
 
 
 def characterize_in_place(volume: Volume, findings: Findings,
-                          lung_mask: Optional[Union[np.ndarray, Volume]] = None) -> None:
-    """:func:`characterize` writing into ``findings`` itself: the batch runner's post-detection step."""
-    out = characterize(volume, findings, lung_mask)
+                          lung_mask: Optional[Union[np.ndarray, Volume]] = None) -> Optional[Volume]:
+    """:func:`characterize` writing into ``findings`` itself: the batch runner's post-detection step.
+
+    Returns the masks as :func:`label_volume` in ``volume``'s grid (for the DICOM SEG and the
+    ``.seg.nrrd``), None when no finding was segmented.
+    """
+    out, nodules = characterize_with_masks(volume, findings, lung_mask)
     for mine, theirs in zip(findings.candidates, out.candidates):
         mine.characterization = theirs.characterization
     findings.lung_rads = out.lung_rads
     findings.timings_s["characterize"] = out.timings_s["characterize"]
+    segmented = [n for n in nodules if not n.segmentation.empty]
+    return label_volume(volume, segmented) if segmented else None
 
 
 def remeasure_mask(volume: Volume, mask: np.ndarray, characterization: Dict[str, Any],

@@ -63,11 +63,7 @@ def run(args) -> int:
 
     out: Path = check_output_folder(args.out)
     sink = EventSink(args.progress)
-    steps = ()
-    if not args.no_characterize:
-        from ..characterization import characterize_in_place
-
-        steps = (characterize_in_place,)
+    steps = () if args.no_characterize else (detect_cli.characterization_step,)
     runner = ScanBatchRunner(out, BatchOptions(formats=parse_formats("auto"), overwrite=True), sink=sink,
                              detector_factory=lambda: detect_cli.load_detector(args.model, args.device),
                              post_detection=steps)

@@ -2,7 +2,8 @@
 
 The argparse shell of :class:`LesionDetectorLib.batch.ScanBatchRunner`, which owns the per-scan
 logic: one all-or-nothing folder ``<out>/<scan name>/`` per scan holding ``findings.json``
-(always), ``findings.mrk.json``, ``luna16.csv`` and, for DICOM input, ``findings_sr.dcm``;
+(always), ``findings.mrk.json``, ``luna16.csv``, the nodule masks ``nodule_masks.seg.nrrd`` and,
+for DICOM input, ``findings_sr.dcm`` and the DICOM SEG ``nodule_masks_seg.dcm``;
 ``<out>/luna16_submission.csv`` over every scan of the output folder. Scans already done are
 skipped unless ``--overwrite``. A bad scan is reported and the run goes on; the exit code is 2
 when any input failed on bad input, 1 on an internal error.
@@ -86,9 +87,10 @@ def register(subparsers) -> None:
     p.add_argument("--operating-point", default=DEFAULT_OPERATING_POINT, choices=OPERATING_POINT_NAMES,
                    help=f"model-card operating point deciding the patient flag (default {DEFAULT_OPERATING_POINT})")
     p.add_argument("--format", default="auto", type=format_list,
-                   help=f"comma-separated exports: {', '.join(FORMATS)} (sr for DICOM input only, needs the "
-                        "'dicom' extra); 'auto' (default) = all of them, sr when highdicom is installed; "
-                        "findings.json is always written")
+                   help=f"comma-separated exports: {', '.join(FORMATS)} (sr and seg for DICOM input only, need "
+                        "the 'dicom' extra; seg and seg.nrrd hold the characterized nodules' masks); 'auto' "
+                        "(default) = all of them, sr and seg when highdicom is installed; findings.json is "
+                        "always written")
     p.add_argument("--series-uid", help="DICOM series to read when a folder holds several; also the LUNA16 "
                                         "seriesuid when the scan has none (single input only)")
     p.add_argument("--lung-mask", type=Path, help="lung mask / LUNA16 seg-lungs file (single input only)")
@@ -122,13 +124,19 @@ def options_from_args(args) -> BatchOptions:
                         max_candidates=args.max_candidates, allow_non_ct=args.allow_non_ct)
 
 
+def characterization_step(volume, findings):
+    """The post-detection step: characterize in place and hand the masks to the exporters
+    (``nodule_masks.seg.nrrd``, DICOM SEG)."""
+    from ..characterization import characterize_in_place
+
+    return {"masks": characterize_in_place(volume, findings)}
+
+
 def post_detection_steps(args):
     """Characterization runs by default (``--no-characterize`` skips it)."""
     if getattr(args, "no_characterize", False):
         return ()
-    from ..characterization import characterize_in_place
-
-    return (characterize_in_place,)
+    return (characterization_step,)
 
 
 def run(args) -> int:

@@ -5,6 +5,8 @@
 ``write_luna16_csv``          LUNA16 submission CSV
 ``write_findings_json``       findings JSON, schema v1.0 (``docs/findings.schema.json``)
 ``write_dicom_sr``            DICOM SR TID 1500 (needs highdicom; DICOM input only)
+``write_dicom_seg``           DICOM SEG of the nodule masks (``.dicom_seg``; needs highdicom; DICOM input only)
+``write_segmentation_nrrd``   the nodule masks as a Slicer ``.seg.nrrd`` (``.segmentation_nrrd``; any input)
 ============================  ==================================================
 """
 from .findings_json import read_findings_json, validate_findings_dict, write_findings_json

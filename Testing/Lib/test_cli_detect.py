@@ -41,7 +41,8 @@ def test_batch_writes_one_result_set_per_scan_and_reports_bad_ones(tmp_path, sca
     assert "2 input(s) failed" in captured.err and "broken.nrrd" in captured.err and "nope.mhd" in captured.err
 
     a = out / "1.3.6.1.4.1.99.1"
-    assert sorted(p.name for p in a.iterdir()) == ["findings.json", "findings.mrk.json", "luna16.csv"]
+    assert sorted(p.name for p in a.iterdir()) == ["findings.json", "findings.mrk.json", "luna16.csv",
+                                                   "nodule_masks.seg.nrrd"]
     fa = read_findings_json(a / "findings.json")
     assert fa.patient_flag["status"] == "positive" and len(fa) == 1
     assert np.linalg.norm(np.asarray(fa.candidates[0].center_lps) - NODULE) < 1.5
@@ -136,7 +137,8 @@ def test_demo_writes_every_export_and_compares_with_truth(tmp_path, blob_detecto
     text = capsys.readouterr().out
     results = out / "results"
     assert sorted(p.name for p in results.iterdir()) == ["findings.json", "findings.mrk.json",
-                                                         "findings_sr.dcm", "luna16.csv"]
+                                                         "findings_sr.dcm", "luna16.csv",
+                                                         "nodule_masks.seg.nrrd", "nodule_masks_seg.dcm"]
     f = read_findings_json(results / "findings.json")
     assert f.series_uid and f.volume["source"].endswith("_dicom")
     import re
