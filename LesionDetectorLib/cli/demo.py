@@ -15,6 +15,7 @@ import numpy as np
 
 from ..batch import BatchOptions, ScanBatchRunner, EventSink, ScanInput, check_output_folder, parse_formats, sr_available
 from . import detect as detect_cli
+from .options import add_device, add_model, add_progress, output_folder
 
 DEFAULT_OUT = "lesion-detector-demo"
 
@@ -24,12 +25,12 @@ def register(subparsers) -> None:
         "demo", help="run the bundled model on a generated synthetic CT and write every export",
         description="Generate a small synthetic chest CT with known nodules, detect, export (Slicer markups, "
                     "LUNA16 CSV, findings JSON, DICOM SR) and compare the findings with the truth.")
-    p.add_argument("--out", type=detect_cli.output_folder, default=Path(DEFAULT_OUT),
+    p.add_argument("--out", type=output_folder, default=Path(DEFAULT_OUT),
                    help=f"output folder (default ./{DEFAULT_OUT})")
-    p.add_argument("--model", default="luna16-synthetic", help="bundled model name or model directory")
+    add_model(p)
     p.add_argument("--seed", type=int, default=2, help="seed of the synthetic scan (default 2: three nodules)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--progress", default="bar", choices=("bar", "none"))
+    add_device(p)
+    add_progress(p, modes=("bar", "none"))
     p.add_argument("--no-characterize", action="store_true",
                    help="skip nodule characterization (size, type, Lung-RADS) of the top candidates")
     p.add_argument("--size", default="full", choices=("full", "small"),

@@ -17,51 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
 
 from ..batch import (FORMATS, BatchOptions, ScanBatchRunner, EventSink, JsonlLogHandler, parse_formats)
 from ..errors import CancelledError, LesionDetectorError
+from .options import add_device, add_model, add_progress, output_folder, positive_int, probability
 
 DEFAULT_OUT = "lesion-detector-results"
-
-
-# ------------------------------------------------------------------------ option value types
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """argparse type: a finite number in [0, 1] (scores are probabilities)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
-    return value
-
-
-def output_folder(text: str) -> Path:
-    """argparse type: a path that is, or can become, a folder (writability is probed before any work)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must be a folder path, got an empty string")
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"'{text}' is a file, not a folder")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"'{text}' cannot be created: '{parent}' is a file")
-            break
-    return path
 
 
 def format_list(text: str):
@@ -80,8 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="scan file, DICOM series folder, or folder of scans")
     p.add_argument("--out", default=Path(DEFAULT_OUT), type=output_folder,
                    help=f"output folder (default ./{DEFAULT_OUT})")
-    p.add_argument("--model", default="luna16-synthetic", help="bundled model name or model directory")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_model(p)
+    add_device(p)
     from ..inference.patient_flag import DEFAULT_OPERATING_POINT, OPERATING_POINT_NAMES
 
     p.add_argument("--operating-point", default=DEFAULT_OPERATING_POINT, choices=OPERATING_POINT_NAMES,
@@ -96,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--lung-mask", type=Path, help="lung mask / LUNA16 seg-lungs file (single input only)")
     p.add_argument("--allow-non-ct", action="store_true",
                    help="also read series whose Modality is not CT (the model was trained on CT only)")
-    p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"))
+    add_progress(p)
     p.add_argument("--overwrite", action="store_true", help="redo scans that already have results")
     p.add_argument("--min-score", type=probability, default=None,
                    help="list candidates down to this score in [0, 1] (default 0.269, or the operating point "

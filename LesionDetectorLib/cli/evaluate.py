@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import EvaluationInputError
+from .options import add_device
 
 log = logging.getLogger("lesion-detector.evaluate")
 
@@ -60,7 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", type=Path,
                    help="LUNA16-layout folder (subset*/<seriesuid>.mhd, annotations.csv...): run --model on it")
     p.add_argument("--model", help=f"bundled model name or model directory for --data ({DEFAULT_MODEL})")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for --data (auto)")
+    add_device(p, "device for --data (auto)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per forward pass for --data (default 2 GPU / 1 CPU)")
     p.add_argument("--resume", action="store_true",

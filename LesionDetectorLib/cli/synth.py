@@ -9,6 +9,8 @@ import json
 import logging
 from pathlib import Path
 
+from .options import positive_int
+
 log = logging.getLogger("lesion-detector.synth")
 
 
@@ -18,13 +20,13 @@ def register(subparsers) -> None:
         description="Generate N synthetic chest CTs (body, lungs, airways, vessel trees, nodules of real LIDC "
                     "shapes) as subset<k>/<seriesuid>.mhd/.raw with annotations.csv, annotations_excluded.csv, "
                     "seriesuids.csv and seg-lungs-LUNA16 masks. Deterministic for a given --seed.")
-    p.add_argument("--n", type=int, required=True, help="number of scans")
+    p.add_argument("--n", type=positive_int, required=True, help="number of scans, >= 1")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0); scan i depends only on (seed, i)")
     p.add_argument("--size", choices=("full", "small"), default="full",
                    help="full: 512x512 at 0.6-0.9 mm, slices 0.7-2.5 mm (LUNA16-like); "
                         "small: ~160x160x~120 at ~2 mm, for tests (full)")
-    p.add_argument("--subsets", type=int, default=10, help="number of subset folders, scan i -> subset i %% K (10)")
+    p.add_argument("--subsets", type=positive_int, default=10, help="number of subset folders, scan i -> subset i %% K (10)")
     p.add_argument("--no-lung-masks", action="store_true", help="do not write seg-lungs-LUNA16 masks")
     p.set_defaults(func=run)
 
@@ -32,10 +34,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data.synthetic import write_dataset
 
-    if args.n < 1:
-        raise ValueError("--n must be >= 1")
-    if args.subsets < 1:
-        raise ValueError("--subsets must be >= 1")
     if args.seed < 0:
         raise ValueError("--seed must be >= 0")
 
