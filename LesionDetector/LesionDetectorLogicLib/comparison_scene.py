@@ -162,7 +162,44 @@ def centre_views_on_pair(scene, doc: Dict[str, Any], pair_index: int, current_vo
     return out
 
 
+def show_side_by_side(scene) -> bool:
+    """Switch the scene's layout to Red | Yellow (``SlicerLayoutSideBySideView``: current | prior);
+    False when the scene has no layout node (slicer-core without the application)."""
+    import slicer
+
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is None:
+        return False
+    arrangement = slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    if layout.GetViewArrangement() != arrangement:
+        layout.SetViewArrangement(arrangement)
+    return True
+
+
 _STUDY_DATE, _MODALITY, _DESCRIPTION = "0008,0020", "0008,0060", "0008,103e"
+
+
+def series_value(db, series_uid: str, tag: str) -> str:
+    """A tag of a series' first file in Slicer's DICOM database ("" when absent)."""
+    files = list(db.filesForSeries(series_uid))
+    return str(db.fileValue(files[0], tag)).strip() if files else ""
+
+
+def interval_days_between(db, prior_series_uid: str, current_series_uid: str) -> Optional[int]:
+    """Days from the prior series' StudyDate to the current one's; None when either is unknown.
+
+    Negative when the "prior" is the later study (the caller refuses that: swapped volumes).
+    """
+    import datetime as dt
+
+    dates = []
+    for uid in (prior_series_uid, current_series_uid):
+        text = series_value(db, uid, _STUDY_DATE) if uid else ""
+        try:
+            dates.append(dt.datetime.strptime(text[:8], "%Y%m%d").date())
+        except ValueError:
+            return None
+    return (dates[1] - dates[0]).days
 
 
 def prior_series_for(db, current_series_uid: str, modality: str = "CT") -> List[Dict[str, str]]:
@@ -173,14 +210,10 @@ def prior_series_for(db, current_series_uid: str, modality: str = "CT") -> List[
     ``{"series_uid", "study_uid", "study_date" (YYYYMMDD), "description"}``. Studies without a
     StudyDate cannot be ordered and are left out.
     """
-    def first_value(series_uid: str, tag: str) -> str:
-        files = list(db.filesForSeries(series_uid))
-        return str(db.fileValue(files[0], tag)).strip() if files else ""
-
     current_study = db.studyForSeries(current_series_uid)
     if not current_study:
         raise ValueError(f"series {current_series_uid!r} is not in the DICOM database")
-    current_date = first_value(current_series_uid, _STUDY_DATE)
+    current_date = series_value(db, current_series_uid, _STUDY_DATE)
     if not current_date:
         raise ValueError("the current series has no StudyDate, so no study can be called earlier")
     patient = db.patientForStudy(current_study)
@@ -189,11 +222,11 @@ def prior_series_for(db, current_series_uid: str, modality: str = "CT") -> List[
         if study == current_study:
             continue
         for series in db.seriesForStudy(study):
-            date = first_value(series, _STUDY_DATE)
+            date = series_value(db, series, _STUDY_DATE)
             if not date or date >= current_date:
                 continue
-            if modality and first_value(series, _MODALITY) != modality:
+            if modality and series_value(db, series, _MODALITY) != modality:
                 continue
             found.append({"series_uid": str(series), "study_uid": str(study), "study_date": date,
-                          "description": first_value(series, _DESCRIPTION)})
+                          "description": series_value(db, series, _DESCRIPTION)})
     return sorted(found, key=lambda e: e["study_date"], reverse=True)

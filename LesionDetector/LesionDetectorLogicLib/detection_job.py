@@ -100,10 +100,15 @@ class DetectionJob:
     caller reads after :meth:`poll`: ``state``, ``stage``, ``done``, ``total``,
     ``findings`` (the parsed findings dict once ``state == DONE``), ``error``
     (a one-line cause once ``state == FAILED``), ``returncode``.
+
+    ``result_keys``: the JSON files the ``done`` event names and the job reads before the
+    workdir goes, into ``results[key]``; the first must be there (``findings`` for
+    ``detect``; ``lesion-detector compare`` names ``comparison`` and the findings it wrote).
     """
 
     def __init__(self, command: Sequence[str], workdir: Path, env: Optional[Dict[str, str]] = None,
-                 log_callback: Optional[Callable[[str], None]] = None, keep_workdir: bool = False) -> None:
+                 log_callback: Optional[Callable[[str], None]] = None, keep_workdir: bool = False,
+                 result_keys: Sequence[str] = ("findings",)) -> None:
         self.command = [str(c) for c in command]
         self.workdir = Path(workdir)
         self.env = env
@@ -113,6 +118,8 @@ class DetectionJob:
         self.stage = ""
         self.done = 0
         self.total = 0
+        self.result_keys = tuple(result_keys)
+        self.results: Dict[str, Dict] = {}
         self.findings: Optional[Dict] = None
         self.error: Optional[str] = None
         self.returncode: Optional[int] = None
@@ -121,7 +128,7 @@ class DetectionJob:
         self._stderr: "queue.Queue[Optional[str]]" = queue.Queue()
         self._stdout_open = self._stderr_open = True
         self._stderr_tail: deque = deque(maxlen=20)
-        self._findings_path: Optional[str] = None
+        self._done_event: Optional[Dict] = None
         self._error_event: Optional[str] = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -243,7 +250,7 @@ class DetectionJob:
         elif kind == "log":
             self._log(str(event.get("message", "")))
         elif kind == "done":
-            self._findings_path = event.get("findings")
+            self._done_event = event
         elif kind == "error":
             self._error_event = str(event.get("message") or "detection failed")
 
@@ -255,18 +262,23 @@ class DetectionJob:
             meaning = _EXIT_MEANING.get(returncode, f"exit code {returncode}")
             detail = self._stderr_tail[-1] if self._stderr_tail else "no message"
             self._finish(FAILED, f"detection process failed ({meaning}): {detail}")
-        elif not self._findings_path:
-            self._finish(FAILED, "detection process ended without reporting a findings file")
+        elif not (self._done_event or {}).get(self.result_keys[0]):
+            self._finish(FAILED, f"detection process ended without reporting a {self.result_keys[0]} file")
         else:
-            try:
-                path = Path(self._findings_path)
-                if not path.is_absolute():
-                    path = self.workdir / path
-                with open(path, encoding="utf-8") as f:
-                    self.findings = json.load(f)
-            except (OSError, json.JSONDecodeError) as exc:
-                self._finish(FAILED, f"findings file could not be read ({exc})")
-                return
+            for key in self.result_keys:
+                name = self._done_event.get(key)
+                if not name:
+                    continue
+                try:
+                    path = Path(name)
+                    if not path.is_absolute():
+                        path = self.workdir / path
+                    with open(path, encoding="utf-8") as f:
+                        self.results[key] = json.load(f)
+                except (OSError, json.JSONDecodeError) as exc:
+                    self._finish(FAILED, f"{key} file could not be read ({exc})")
+                    return
+            self.findings = self.results.get("findings")
             self._finish(DONE, None)
 
     def _finish(self, state: str, error: Optional[str]) -> None:

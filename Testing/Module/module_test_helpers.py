@@ -39,3 +39,28 @@ def flipped_ijk_to_ras():
     m = np.diag([0.9, -1.1, -2.0, 1.0])
     m[:3, 3] = [-40.0, 60.0, 120.0]
     return m
+
+
+class FakeDicomDatabase:
+    """The ctkDICOMDatabase calls prior_series_for uses, over a dict of series."""
+
+    def __init__(self, series):
+        self.series = series          # uid -> (patient, study, {tag: value})
+
+    def studyForSeries(self, uid):
+        return self.series.get(uid, (None, "", None))[1]
+
+    def patientForStudy(self, study):
+        return next(p for p, s, _ in self.series.values() if s == study)
+
+    def studiesForPatient(self, patient):
+        return sorted({s for p, s, _ in self.series.values() if p == patient})
+
+    def seriesForStudy(self, study):
+        return [u for u, (_, s, _) in self.series.items() if s == study]
+
+    def filesForSeries(self, uid):
+        return [f"{uid}/1.dcm"]
+
+    def fileValue(self, path, tag):
+        return self.series[path.split("/")[0]][2].get(tag, "")

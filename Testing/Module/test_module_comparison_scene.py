@@ -6,7 +6,7 @@ import pytest
 import slicer
 
 from LesionDetectorLogicLib import comparison_scene
-from module_test_helpers import add_volume, flipped_ijk_to_ras, oblique_ijk_to_ras
+from module_test_helpers import FakeDicomDatabase, add_volume, flipped_ijk_to_ras, oblique_ijk_to_ras
 
 
 def _doc():
@@ -99,31 +99,6 @@ def test_missing_view_is_an_error(scene):
     current, _ = add_volume(scene, np.zeros((4, 5, 6), np.int16), oblique_ijk_to_ras(), "current")
     with pytest.raises(ValueError, match="no slice view"):
         comparison_scene.centre_views_on_pair(scene, _doc(), 0, current, current)
-
-
-class FakeDicomDatabase:
-    """The ctkDICOMDatabase calls prior_series_for uses, over a dict of series."""
-
-    def __init__(self, series):
-        self.series = series          # uid -> (patient, study, {tag: value})
-
-    def studyForSeries(self, uid):
-        return self.series.get(uid, (None, "", None))[1]
-
-    def patientForStudy(self, study):
-        return next(p for p, s, _ in self.series.values() if s == study)
-
-    def studiesForPatient(self, patient):
-        return sorted({s for p, s, _ in self.series.values() if p == patient})
-
-    def seriesForStudy(self, study):
-        return [u for u, (_, s, _) in self.series.items() if s == study]
-
-    def filesForSeries(self, uid):
-        return [f"{uid}/1.dcm"]
-
-    def fileValue(self, path, tag):
-        return self.series[path.split("/")[0]][2].get(tag, "")
 
 
 def test_prior_series_are_the_same_patients_earlier_ct_newest_first():
