@@ -27,6 +27,7 @@ if str(_MODULE_DIR) not in sys.path:  # the helper package beside this file
 from LesionDetectorLogicLib import (batch_detection, dependencies, detection_job, exports,  # noqa: E402
                                     findings_scene, geometry)
 from LesionDetectorLogicLib.dependencies import InstallError  # noqa: E402,F401 - part of the module's API
+from LesionDetectorLogicLib import comparison_job, comparison_scene  # noqa: E402 - the follow-up comparison
 
 try:  # inside the Slicer application
     from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -138,6 +139,10 @@ if _IN_SLICER_APP:
         device: Annotated[str, Choice(list(DEVICES))] = "auto"
         operatingPoint: Annotated[str, Choice(list(OPERATING_POINTS))] = "Sensitivity 0.95"
         resultMarkups: vtkMRMLMarkupsFiducialNode
+        # Follow-up comparison: the prior of inputVolume; intervalDays 0 = from the DICOM StudyDates.
+        priorVolume: vtkMRMLScalarVolumeNode
+        intervalDays: int = 0
+        reuseFindings: bool = True
         exportDirectory: Path
         exportMarkups: bool = True
         exportLuna16: bool = True
@@ -167,6 +172,8 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self._dicomSrReason = ""   # why DICOM SR export is off in this Slicer ("" = available)
         self._batch = None         # batch_detection.BatchDetection while "Detect on all volumes" runs
         self._wantBatch = False    # the pending start (after install / PyTorch check) is a batch
+        self._comparison = None    # comparison_job.ComparisonRun while "Compare with prior" runs
+        self._comparisonTimer = None
 
     def setup(self) -> None:
         import qt
@@ -198,6 +205,7 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.showResults(node))
         self.ui.importMarkupsButton.connect("clicked(bool)", self.onImportMarkupsButton)
+        self._setupComparison()
 
         srOk, srWhy = dependencies.dicom_sr_support((slicer.app.majorVersion, slicer.app.minorVersion))
         self._dicomSrReason = srWhy
@@ -209,6 +217,7 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self._setState(STATE_IDLE)
 
     def cleanup(self) -> None:
+        self._stopComparison()
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancelDetection()
         if self._pollTimer is not None:
@@ -225,6 +234,7 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._stopComparison()
         if self._batch is not None:
             self._batch.cancel()
             self._batch = None
@@ -547,6 +557,127 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
             written = self.logic.exportResults(p.resultMarkups, p.exportDirectory, formats)
             slicer.util.showStatusMessage(f"Exported {len(written)} file(s) to {p.exportDirectory}", 5000)
             self._log("Exported: " + ", ".join(str(w) for w in written))
+
+    # -- follow-up comparison (logic: LesionDetectorLogicLib/comparison_job.py) ---------
+    def _setupComparison(self) -> None:
+        import qt
+
+        self._comparisonTimer = qt.QTimer()
+        self._comparisonTimer.setInterval(200)
+        self._comparisonTimer.connect("timeout()", self.onComparisonTimer)
+        self.ui.comparisonTable.setColumnCount(len(comparison_job.PANEL_COLUMNS))
+        self.ui.comparisonTable.setHorizontalHeaderLabels(list(comparison_job.PANEL_COLUMNS))
+        self.ui.comparisonSelector.addAttribute("vtkMRMLTableNode", comparison_scene.ATTR_ROLE, "comparison")
+        self.ui.compareProgressBar.setVisible(False)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.findPriorButton.connect("clicked(bool)", self.onFindPriorButton)
+        self.ui.comparisonSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.showComparison)
+        self.ui.comparisonTable.connect("itemSelectionChanged()", self.onComparisonPairSelected)
+
+    def _setComparisonState(self, text: str, failed: bool = False) -> None:
+        running = self._comparison is not None
+        self.ui.compareStatusLabel.setText(f"Comparison: {text}")
+        self.ui.compareStatusLabel.setStyleSheet("color: #b00020; font-weight: bold" if failed else "")
+        self.ui.compareProgressBar.setVisible(running)
+        self.ui.compareButton.text = "Cancel comparison" if running else "Compare with prior"
+        for name in ("priorVolumeSelector", "findPriorButton", "intervalDaysSpinBox", "reuseFindingsCheckBox"):
+            getattr(self.ui, name).enabled = not running
+
+    def _stopComparison(self) -> None:
+        if self._comparison is not None:
+            self._comparison.cancel()
+            self._comparison = None
+        if self._comparisonTimer is not None:
+            self._comparisonTimer.stop()
+
+    def onCompareButton(self) -> None:
+        if self._comparison is not None:
+            self._stopComparison()
+            self._setComparisonState("cancelled; nothing was added")
+            return
+        if self._installing or (dependencies.missing_requirements(_MODULE_DIR) and not self._installRequirements()):
+            return
+        p = self._parameterNode
+        self._startOperation("Compare with prior")
+        with slicer.util.tryWithErrorDisplay("The comparison could not start.", waitCursor=True):
+            self._comparison = comparison_job.ComparisonRun(
+                slicer.mrmlScene, p.priorVolume, p.inputVolume, interval_days=p.intervalDays or None,
+                reuse_findings=p.reuseFindings, device=DEVICES[p.device],
+                dicom_database=getattr(slicer, "dicomDatabase", None), log=self._log).start()
+            self.ui.compareProgressBar.setRange(0, 100)
+            self.ui.compareProgressBar.setValue(0)
+            self._comparisonTimer.start()
+            self._setComparisonState("starting")
+            return
+        self._comparison = None
+        self._setComparisonState("could not start", failed=True)
+
+    def onComparisonTimer(self) -> None:
+        run = self._comparison
+        if run is None:
+            self._comparisonTimer.stop()
+            return
+        try:
+            result = run.poll()
+        except comparison_job.ComparisonError as exc:
+            self._comparison = None
+            self._comparisonTimer.stop()
+            self._setComparisonState(f"failed: {exc}", failed=True)
+            slicer.util.errorDisplay(f"The follow-up comparison failed: {exc}")
+            return
+        if result is None:
+            self.ui.compareProgressBar.setValue(int(round(100 * run.fraction)))
+            steps = f" {run.done}/{run.total}" if run.total > 1 else ""
+            self.ui.compareProgressBar.setFormat(f"{run.stage or 'starting'}{steps}  %p%")
+            self._setComparisonState(run.stage or "starting")
+            return
+        self._comparison = None
+        self._comparisonTimer.stop()
+        self.ui.comparisonSelector.setCurrentNode(result.table)   # shows it (currentNodeChanged)
+        counts = ", ".join(f"{n} {s}" for s, n in (result.doc.get("counts") or {}).items() if n) or "no findings"
+        self._setComparisonState(f"done: {counts}; Lung-RADS {(result.doc.get('lung_rads') or {}).get('category', '-')}")
+
+    def showComparison(self, table) -> None:
+        import qt
+
+        widget = self.ui.comparisonTable
+        widget.setRowCount(0)
+        if table is None or not table.GetAttribute(comparison_scene.ATTR_COMPARISON):
+            return
+        rows = comparison_job.panel_rows(table)
+        widget.setRowCount(len(rows))
+        for r, values in enumerate(rows):
+            for c, value in enumerate(values):
+                item = qt.QTableWidgetItem(value)
+                item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
+                widget.setItem(r, c, item)
+
+    def onComparisonPairSelected(self) -> None:
+        rows = sorted({item.row() for item in self.ui.comparisonTable.selectedItems()})
+        table = self.ui.comparisonSelector.currentNode()
+        if not rows or table is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not show this pair.", waitCursor=False):
+            comparison_job.centre_on_pair(slicer.mrmlScene, table, rows[0])
+
+    def onFindPriorButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("No prior study could be proposed.", waitCursor=True):
+            db = getattr(slicer, "dicomDatabase", None)
+            found = comparison_job.find_prior(slicer.mrmlScene, db, p.inputVolume)
+            node = found["node"]
+            if node is None:
+                text = f"{found['description'] or 'CT'} of {found['study_date']}"
+                if not slicer.util.confirmOkCancelDisplay(f"The prior study is {text}. Load it from the DICOM database?"):
+                    return
+                from DICOMLib import DICOMUtils
+
+                DICOMUtils.loadSeriesByUID([found["series_uid"]])
+                node = comparison_job.volume_of_series(slicer.mrmlScene, found["series_uid"])
+                if node is None:
+                    raise ValueError(f"series {found['series_uid']} did not load as a CT volume")
+            p.priorVolume = node
+            self._log(f"Prior: '{node.GetName()}' (study of {found['study_date']})")
 
 
 #

@@ -78,6 +78,27 @@ def volume_of_series(scene, series_uid: str):
     return None
 
 
+def find_prior(scene, dicom_database, current_node) -> Dict[str, Any]:
+    """The same patient's most recent earlier CT series in the DICOM database, for the prior selector.
+
+    Returns the :func:`comparison_scene.prior_series_for` entry plus ``"node"``: its volume node
+    when that series is loaded, else None (the widget offers to load it). Raises ``ValueError``
+    naming why none can be proposed.
+    """
+    if dicom_database is None:
+        raise ValueError("Slicer's DICOM database is not available")
+    if current_node is None:
+        raise ValueError("choose the current volume first")
+    uid = geometry.series_instance_uid(current_node)
+    if not uid:
+        raise ValueError(f"'{current_node.GetName()}' was not loaded from the DICOM database, so its patient "
+                         "and study date are unknown: choose the prior volume yourself")
+    found = comparison_scene.prior_series_for(dicom_database, uid)
+    if not found:
+        raise ValueError("the DICOM database holds no earlier CT study of this patient")
+    return dict(found[0], node=volume_of_series(scene, found[0]["series_uid"]))
+
+
 def resolve_interval_days(interval_days: Optional[float], prior_node, current_node, dicom_database=None) -> Optional[float]:
     """The interval the comparison uses: the one given (> 0), else the DICOM StudyDates' difference
     (``dicom_database`` is ``slicer.dicomDatabase``), else None (the volume-doubling time stays empty).

@@ -134,6 +134,14 @@ def test_dicom_database_proposes_the_loaded_prior(scene):
     assert [f["series_uid"] for f in found] == ["1.2.3.1", "1.2.3.9"]
     assert comparison_job.volume_of_series(scene, found[0]["series_uid"]) is prior
     assert comparison_job.volume_of_series(scene, "1.2.3.9") is None    # in the database, not loaded
+    proposed = comparison_job.find_prior(scene, db, current)
+    assert proposed["series_uid"] == "1.2.3.1" and proposed["node"] is prior and proposed["study_date"] == "20250301"
+    scene.RemoveNode(prior)
+    assert comparison_job.find_prior(scene, db, current)["node"] is None           # the widget offers to load it
+    with pytest.raises(ValueError, match="no earlier CT study"):
+        comparison_job.find_prior(scene, FakeDicomDatabase({"1.2.3.2": db.series["1.2.3.2"]}), current)
+    with pytest.raises(ValueError, match="not loaded from the DICOM database"):
+        comparison_job.find_prior(scene, db, _volume(scene, "from a file", (1, 1, 1)))
 
 
 @pytest.mark.parametrize("which, match", [("none", "choose the prior volume"), ("same", "same volume"),
