@@ -149,6 +149,7 @@ if _IN_SLICER_APP:
         exportFindingsJson: bool = True
         exportDicomSr: bool = False
         exportTrainingLabels: bool = False
+        exportNoduleMasks: bool = False
 
 
 #
@@ -186,6 +187,9 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
 
         self.logic = LesionDetectorLogic()
         self.logic.logCallback = self._log
+        # Segment Editor edits re-measure their finding once the strokes pause (the logic debounces).
+        self.logic.scheduleCallback = lambda ms, callback: qt.QTimer.singleShot(ms, callback)
+        self.logic.measurementCallback = lambda markups, fid: self.showResults(markups)
         self.ui.resultSelector.addAttribute("vtkMRMLMarkupsFiducialNode", findings_scene.ATTR_ROLE, "findings")
         self.ui.candidatesTable.setColumnCount(5)
         self.ui.candidatesTable.setHorizontalHeaderLabels(["Rank", "Score", "Diameter (mm)", "Location (RAS mm)", "Status"])
@@ -553,6 +557,8 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         formats = [key for key, flag in (("markups", p.exportMarkups), ("luna16", p.exportLuna16),
                                          ("json", p.exportFindingsJson), ("dicom_sr", p.exportDicomSr),
                                          ("labels", p.exportTrainingLabels)) if flag]
+        if p.exportNoduleMasks:
+            formats += self.logic.noduleMaskFormats(p.resultMarkups)
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
             written = self.logic.exportResults(p.resultMarkups, p.exportDirectory, formats)
             slicer.util.showStatusMessage(f"Exported {len(written)} file(s) to {p.exportDirectory}", 5000)
@@ -710,6 +716,11 @@ class LesionDetectorLogic(ScriptedLoadableModuleLogic):
         self._volumeNode = None
         self._seriesUID = ""
         self.checkRequirements = True
+        # Segment edits: scheduleCallback(ms, fn) debounces (None: re-measure on flushSegmentEdits());
+        # measurementCallback(markups, finding_id) hears of each re-measured finding.
+        self.scheduleCallback: Optional[Callable] = None
+        self.measurementCallback: Optional[Callable] = None
+        self._segmentSyncs: Dict[str, object] = {}
 
     @property
     def scene(self):
@@ -784,9 +795,13 @@ class LesionDetectorLogic(ScriptedLoadableModuleLogic):
             if self._seriesUID:
                 findings["volume"]["series_uid"] = self._seriesUID
             try:
-                result = findings_scene.create_result_nodes(self.scene, self._volumeNode, findings)
-            except ValueError as exc:
+                # Markups, table and the nodule masks' segmentation: all three or none.
+                result = findings_scene.create_result_nodes(self.scene, self._volumeNode, findings,
+                                                            masks=getattr(job, "masks", None))
+            except (ValueError, RuntimeError) as exc:
                 raise DetectionError(f"the detection results could not be imported: {exc}") from exc
+            if result.segmentation is not None:
+                self.watchSegmentEdits(result.markups)
             flag = findings.get("patient_flag") or {}
             self._log(f"{len(findings['candidates'])} candidates; patient flag: {flag.get('status')}")
             return result
@@ -861,6 +876,9 @@ class LesionDetectorLogic(ScriptedLoadableModuleLogic):
             flagText = f"Patient flag: {status.upper()}  (the model card has no operating point {opName})"
         if info["max_score"]:
             flagText += f"; highest score {float(info['max_score']):.3f}"
+        lungRads = findings_scene.exam_lung_rads_of(markups)
+        if lungRads.get("category"):
+            flagText += f"; Lung-RADS {lungRads['category']} ({lungRads.get('finding_id')}, computed)"
         modelText = (f"Model: {info['model_name'] or 'unknown'} {info['model_version'] or ''}"
                      f"  |  roi_align_3d: {info['op_backend'] or 'unknown'}")
         return {"flag": status, "flag_text": flagText, "model_text": modelText}
@@ -881,9 +899,46 @@ class LesionDetectorLogic(ScriptedLoadableModuleLogic):
         slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *ras, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
         return ras
 
+    def watchSegmentEdits(self, markups):
+        """Re-measure a finding (table, markups description, patient Lung-RADS) when its segment
+        is edited; returns the :class:`segment_measurements.SegmentMeasurementSync`."""
+        from LesionDetectorLogicLib import segment_measurements
+
+        old = self._segmentSyncs.pop(markups.GetID(), None)
+        if old is not None:
+            old.stop()
+        sync = segment_measurements.SegmentMeasurementSync(
+            markups, schedule=self.scheduleCallback,
+            on_update=lambda fid, ch, exam: self._measured(markups, fid, ch, exam))
+        self._segmentSyncs[markups.GetID()] = sync
+        return sync
+
+    def flushSegmentEdits(self) -> List[str]:
+        """Re-measure now every edited segment not yet re-measured (scripts; the widget debounces)."""
+        done = []
+        for key, sync in list(self._segmentSyncs.items()):
+            if not sync.active:
+                del self._segmentSyncs[key]
+                continue
+            done += sync.flush()
+        return done
+
+    def _measured(self, markups, fid, ch, exam) -> None:
+        self._log(f"{fid} re-measured from its edited segment: mean diameter {ch.get('mean_diameter_mm')} mm, "
+                  f"volume {ch.get('volume_ml')} mL, Lung-RADS {ch.get('lung_rads')} "
+                  f"(exam: {exam.get('category')})")
+        if self.measurementCallback is not None:
+            self.measurementCallback(markups, fid)
+
+    def noduleMaskFormats(self, markups) -> List[str]:
+        """Export formats of the accepted findings' masks: ``.seg.nrrd``, and a DICOM SEG for DICOM input."""
+        volume = markups.GetNodeReference(findings_scene.REF_VOLUME) if markups is not None else None
+        return ["segmentation"] + (["dicom_seg"] if volume is not None and exports.dicom_files_of(volume) else [])
+
     def exportResults(self, markups, folder, formats: Sequence[str]) -> List[Path]:
         """Write the run with the reviewer's decisions in ``formats`` (``markups``, ``luna16``,
-        ``json``, ``dicom_sr``) into ``folder``; returns the files written."""
+        ``json``, ``dicom_sr``, ``segmentation``, ``dicom_seg``: the last two hold the accepted
+        findings' masks) into ``folder``; returns the files written."""
         if markups is None:
             raise ValueError("no detection result selected")
         if not folder or str(folder) in ("", "."):

@@ -11,7 +11,9 @@ carries the jsonl progress protocol of ``docs/architecture.md``::
 Two reader threads move stdout/stderr lines into queues; :meth:`DetectionJob.poll`
 drains them without waiting, so a ``QTimer`` in the widget (or :meth:`wait` in a
 script) drives the job. The job owns a temporary directory (input NRRD + outputs)
-and removes it when it finishes, fails or is cancelled.
+and removes it when it finishes, fails or is cancelled; before that, the nodule masks
+``detect`` writes beside the findings (``nodule_masks.seg.nrrd``, when it segmented any
+finding) are read into memory too.
 
 Process handling, because Slicer's launcher sits between us and Python:
 
@@ -45,6 +47,8 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "faile
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
 
 # Exit codes of ``lesion-detector`` (LesionDetectorLib/cli/main.py): 2 bad input, 130 cancelled.
+# The nodule masks ``detect`` writes beside findings.json (LesionDetectorLib.batch.FILES["seg.nrrd"]).
+MASKS_FILE = "nodule_masks.seg.nrrd"
 _EXIT_MEANING = {1: "internal error", 2: "bad input", 130: "cancelled"}
 
 
@@ -98,7 +102,8 @@ class DetectionJob:
 
     ``workdir`` is removed when the job ends (``keep_workdir=False``). Attributes the
     caller reads after :meth:`poll`: ``state``, ``stage``, ``done``, ``total``,
-    ``findings`` (the parsed findings dict once ``state == DONE``), ``error``
+    ``findings`` (the parsed findings dict once ``state == DONE``), ``masks`` (the nodule
+    masks beside it as a label :class:`~LesionDetectorLib.volume.Volume`, or None), ``error``
     (a one-line cause once ``state == FAILED``), ``returncode``.
 
     ``result_keys``: the JSON files the ``done`` event names and the job reads before the
@@ -121,6 +126,7 @@ class DetectionJob:
         self.result_keys = tuple(result_keys)
         self.results: Dict[str, Dict] = {}
         self.findings: Optional[Dict] = None
+        self.masks = None
         self.error: Optional[str] = None
         self.returncode: Optional[int] = None
         self._proc: Optional[subprocess.Popen] = None
@@ -279,7 +285,29 @@ class DetectionJob:
                     self._finish(FAILED, f"{key} file could not be read ({exc})")
                     return
             self.findings = self.results.get("findings")
+            if not self._read_masks():
+                return
             self._finish(DONE, None)
+
+    def _read_masks(self) -> bool:
+        """Read the nodule masks beside the findings file, if there are any; a file that cannot be
+        read fails the job (the run is imported with its masks or not at all)."""
+        name = (self._done_event or {}).get("findings")
+        if not name:
+            return True
+        path = Path(name) if Path(name).is_absolute() else self.workdir / name
+        masks_path = path.with_name(MASKS_FILE)
+        if not masks_path.is_file():
+            return True
+        try:
+            from LesionDetectorLib.export.segmentation_nrrd import read_segmentation_nrrd
+
+            self.masks = read_segmentation_nrrd(masks_path)
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.findings = None
+            self._finish(FAILED, f"nodule masks could not be read ({exc})")
+            return False
+        return True
 
     def _finish(self, state: str, error: Optional[str]) -> None:
         # The pipes are closed by their reader threads at end of file (see the module docstring).
@@ -328,9 +356,10 @@ def make_workdir(prefix: str = "LesionDetector-") -> Path:
 def detect_command(input_path: Path, out_dir: Path, device: str = "auto",
                    operating_point: str = "sensitivity_0.95", model: Optional[str] = None,
                    python: Optional[str] = None) -> List[str]:
-    """argv of ``python -m LesionDetectorLib detect`` producing findings JSON + jsonl progress."""
+    """argv of ``python -m LesionDetectorLib detect`` producing findings JSON, the nodule masks
+    (``.seg.nrrd``) and jsonl progress."""
     argv = [python or python_executable(), "-m", "LesionDetectorLib", "detect", str(input_path),
-            "--out", str(out_dir), "--format", "json", "--progress", "jsonl",
+            "--out", str(out_dir), "--format", "json,seg.nrrd", "--progress", "jsonl",
             "--device", device, "--operating-point", operating_point]
     if model:
         argv += ["--model", model]

@@ -19,6 +19,12 @@ cannot shift the reviews. The node also has a fixed number of control points and
 locked, and adding it does not make it Slicer's active point list (the markups module
 logic would otherwise send the user's next placed point into the findings).
 
+Nodule masks: when the run brings them (``masks``, the label volume of the detection
+child's ``nodule_masks.seg.nrrd``), a Segmentation node with one segment per characterized
+finding is made with the markups and table, in the same all-or-nothing step, and referenced
+from the markups (``REF_SEGMENTATION``). A rejected finding's segment is hidden; an edited
+segment's new measurements come back through :func:`update_characterization`.
+
 Colour: the display node's *selected* colour (red) marks the findings at the run's
 operating point after review (accepted, or unreviewed and above the threshold); the
 others are drawn in its normal colour (yellow).
@@ -48,6 +54,7 @@ ATTR_OP_BACKEND = "LesionDetector.OpBackend"
 ATTR_POINT_IDS = "LesionDetector.ControlPointIDs"  # JSON list: control point ID of candidate i
 REF_TABLE = "LesionDetectorTable"
 REF_VOLUME = "LesionDetectorVolume"
+REF_SEGMENTATION = "LesionDetectorSegmentation"
 
 ABOVE_THRESHOLD_COLOR = (1.0, 0.2, 0.2)
 BELOW_THRESHOLD_COLOR = (1.0, 0.85, 0.1)
@@ -60,6 +67,7 @@ TABLE_COLUMNS = ("Rank", "ID", "Score", "Diameter (mm)", "Location RAS (mm)", "R
 class ResultNodes:
     markups: Any   # vtkMRMLMarkupsFiducialNode
     table: Any     # vtkMRMLTableNode
+    segmentation: Any = None   # vtkMRMLSegmentationNode of the nodule masks (None: the run has none)
 
 
 def validate_findings(findings: Dict[str, Any]) -> None:
@@ -109,11 +117,13 @@ def format_location(ras) -> str:
     return "R {:.1f}, A {:.1f}, S {:.1f}".format(*(float(v) for v in ras))
 
 
-def create_result_nodes(scene, volume_node, findings: Dict[str, Any]) -> ResultNodes:
+def create_result_nodes(scene, volume_node, findings: Dict[str, Any], masks=None) -> ResultNodes:
     """Add the markups and table nodes of one run to ``scene``; all or nothing.
 
-    On any error the nodes added so far are removed again, so a failure leaves the
-    scene as it was.
+    ``masks``: the run's nodule masks, a label :class:`~LesionDetectorLib.volume.Volume` in
+    ``volume_node``'s voxel grid with ``metadata["labels"]`` = {label: finding id}; they become
+    a Segmentation node (one segment per finding). On any error the nodes added so far are
+    removed again, so a failure leaves the scene as it was.
     """
     import vtk
 
@@ -174,10 +184,29 @@ def create_result_nodes(scene, volume_node, findings: Dict[str, Any]) -> ResultN
         if volume_node is not None:
             markups.SetNodeReferenceID(REF_VOLUME, volume_node.GetID())
         _place_in_subject_hierarchy(scene, volume_node, (markups, table))
-        return ResultNodes(markups, table)
+        segmentation = None
+        if masks is not None and masks.array.any():
+            if volume_node is None:
+                raise ValueError("nodule masks need the volume they were made on")
+            from . import segmentation_scene
+
+            chars = {c["id"]: c.get("characterization") for c in candidates}
+            segmentation = segmentation_scene.create_segmentation_node(
+                scene, volume_node, masks.array, masks.metadata.get("labels") or {}, chars,
+                name=scene.GenerateUniqueName(f"{base} nodule masks"))
+            added.append(segmentation)
+            for cand in candidates:
+                segmentation_scene.show_review(segmentation, cand["id"], cand.get("review", "unreviewed"))
+            markups.SetNodeReferenceID(REF_SEGMENTATION, segmentation.GetID())
+        return ResultNodes(markups, table, segmentation)
     except Exception:
         sh = scene.GetSubjectHierarchyNode()
         for node in reversed(added):
+            if node.IsA("vtkMRMLSegmentationNode"):
+                from . import segmentation_scene
+
+                segmentation_scene.remove_segmentation_node(node)
+                continue
             if sh is not None:
                 item = sh.GetItemByDataNode(node)
                 if item:
@@ -331,14 +360,75 @@ def set_review(markups, index: int, state: str) -> None:
         thr = markups.GetAttribute(ATTR_FLAG_THRESHOLD)
         markups.SetNthControlPointSelected(
             i, mapping.is_selected(state, cands[index]["score"], float(thr) if thr else None))
+    _set_table_cells(markups, index, {"Review": state})
+    if index < len(cands):
+        seg = markups.GetNodeReference(REF_SEGMENTATION)
+        if seg is not None:
+            from . import segmentation_scene
+
+            segmentation_scene.show_review(seg, str(cands[index]["id"]), state)
+        if "lung_rads" in findings:   # a characterized run: a rejected finding no longer sets the exam's category
+            for k, c in enumerate(cands):
+                c["review"] = review_of(markups, k)
+            findings["lung_rads"] = _exam_lung_rads(findings)
+            markups.SetAttribute(ATTR_FINDINGS, json.dumps(findings))
+
+
+def _set_table_cells(markups, index: int, values: Dict[str, Any]) -> None:
     table = markups.GetNodeReference(REF_TABLE)
-    if table is not None and index < table.GetNumberOfRows():
-        was_locked = table.GetLocked()
-        table.SetLocked(False)
-        table.GetTable().GetColumnByName("Review").SetValue(index, state)
-        table.GetTable().Modified()
-        table.Modified()
-        table.SetLocked(was_locked)
+    if table is None or index >= table.GetNumberOfRows():
+        return
+    was_locked = table.GetLocked()
+    table.SetLocked(False)
+    for name, value in values.items():
+        column = table.GetTable().GetColumnByName(name)
+        if column is not None:
+            column.SetValue(index, value)
+    table.GetTable().Modified()
+    table.Modified()
+    table.SetLocked(was_locked)
+
+
+def _exam_lung_rads(findings: Dict[str, Any]) -> Dict[str, Any]:
+    """The patient-level ``{category, finding_id}`` over the non-rejected findings (the library's rule)."""
+    from LesionDetectorLib.characterization.lung_rads import exam_category
+
+    return exam_category((c["id"], (c.get("characterization") or {}).get("lung_rads"))
+                         for c in findings.get("candidates") or [] if c.get("review") != "rejected")
+
+
+def candidate_index(markups, finding_id: str) -> int:
+    """Rank - 1 of the finding ``finding_id`` in the run; raises ``KeyError`` when it has none."""
+    findings = json.loads(markups.GetAttribute(ATTR_FINDINGS) or "{}")
+    for i, cand in enumerate(findings.get("candidates") or []):
+        if str(cand["id"]) == finding_id:
+            return i
+    raise KeyError(f"the run has no finding {finding_id!r}")
+
+
+def update_characterization(markups, finding_id: str, characterization: Dict[str, Any]) -> Dict[str, Any]:
+    """Record a finding's re-measured characterization (after a segment edit) everywhere it shows:
+    the stored findings, the control point description, the table row and the patient-level
+    Lung-RADS. Returns the new patient-level ``lung_rads``."""
+    findings = json.loads(markups.GetAttribute(ATTR_FINDINGS) or "{}")
+    index = candidate_index(markups, finding_id)
+    cand = findings["candidates"][index]
+    cand["characterization"] = dict(characterization)
+    for i, c in enumerate(findings["candidates"]):
+        c["review"] = review_of(markups, i)
+    findings["lung_rads"] = _exam_lung_rads(findings)
+    markups.SetAttribute(ATTR_FINDINGS, json.dumps(findings))
+    i = _point_index(markups, index)
+    if i >= 0:
+        markups.SetNthControlPointDescription(i, describe(cand, cand["review"]))
+    ch = cand["characterization"]
+    kind = ch.get("type") or ""
+    _set_table_cells(markups, index, {
+        "Type": f"{kind}, calcified" if kind and ch.get("calcified") else kind,
+        "Mean diameter (mm)": float("nan") if ch.get("mean_diameter_mm") is None else float(ch["mean_diameter_mm"]),
+        "Volume (mL)": float("nan") if ch.get("volume_ml") is None else float(ch["volume_ml"]),
+        "Lung-RADS": str(ch.get("lung_rads") or "")})
+    return findings["lung_rads"]
 
 
 def findings_with_review(markups) -> Dict[str, Any]:
@@ -394,6 +484,13 @@ def patient_flag_of(markups) -> Dict[str, Optional[str]]:
             "max_score": get(ATTR_FLAG_MAX_SCORE), "operating_point": get(ATTR_OPERATING_POINT),
             "model_name": get(ATTR_MODEL_NAME), "model_version": get(ATTR_MODEL_VERSION),
             "op_backend": get(ATTR_OP_BACKEND)}
+
+
+def exam_lung_rads_of(markups) -> Dict[str, Any]:
+    """The run's patient-level Lung-RADS ``{category, finding_id}`` (after reviews and edits);
+    empty when the run was not characterized."""
+    findings = json.loads(markups.GetAttribute(ATTR_FINDINGS) or "{}")
+    return dict(findings.get("lung_rads") or {})
 
 
 def candidate_position_ras(markups, index: int) -> List[float]:

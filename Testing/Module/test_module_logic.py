@@ -154,7 +154,7 @@ def test_parse_event_tolerates_non_protocol_lines():
 def test_detect_command_uses_the_library_cli(tmp_path):
     argv = detection_job.detect_command(tmp_path / "in.nrrd", tmp_path / "out", "cuda", "fp_per_scan_1", "luna16-synthetic")
     assert argv[1:4] == ["-m", "LesionDetectorLib", "detect"]
-    for flag, value in (("--format", "json"), ("--progress", "jsonl"), ("--device", "cuda"),
+    for flag, value in (("--format", "json,seg.nrrd"), ("--progress", "jsonl"), ("--device", "cuda"),
                         ("--operating-point", "fp_per_scan_1"), ("--model", "luna16-synthetic"),
                         ("--out", str(tmp_path / "out"))):
         assert argv[argv.index(flag) + 1] == value
