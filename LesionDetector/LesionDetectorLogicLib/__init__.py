@@ -10,5 +10,7 @@ Submodules:
     geometry         IJK-to-RAS matrix <-> ITK/LPS geometry, RAS <-> LPS points, volume node -> Volume
     detection_job    background ``detect`` process: start / poll / cancel, jsonl progress stream
     findings_scene   findings JSON -> markups fiducial node + table node + subject hierarchy, review state
+    comparison_scene comparison.json -> pairs table node; two slice views centred on a pair; DICOM priors
+    comparison_job   prior + current node -> background ``compare`` -> both findings + pairs table, Cancel
     dependencies     torch / LesionDetectorLib installation inside Slicer, InstallError
 """
