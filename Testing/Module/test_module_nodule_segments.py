@@ -225,3 +225,36 @@ def test_a_run_whose_masks_fail_adds_nothing(scene, fake_detect, mode):
     with pytest.raises(module.DetectionError, match="masks|does not match"):
         logic.process(node, device="cpu", timeout=120)
     assert scene.GetNumberOfNodes() == before
+
+
+def test_dicom_seg_export_of_accepted_segments_lies_on_the_source_slices(scene, findings_doc, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    from LesionDetectorLib.coordinates import world_to_index
+    from LesionDetectorLib.io import read_volume
+    from LesionDetectorLib.io.ct_series import write_ct_series
+
+    labels = _balls()
+    ct = Volume(np.where(labels > 0, 30.0, -850.0).astype(np.float32), (0.7, 0.8, 2.5), (-14.0, 3.0, 90.0),
+                np.eye(3))
+    source = read_volume(str(write_ct_series(ct, tmp_path / "ct")))
+    node, _ = add_volume(scene, source.array,
+                         geometry.ijk_to_ras_from_itk_geometry(source.spacing, source.origin, source.direction))
+    doc = copy.deepcopy(findings_doc)
+    for c in doc["candidates"]:
+        c["characterization"] = remeasure_mask(source, labels == int(c["id"][1]), BASE)
+    masks = Volume(labels, source.spacing, source.origin, source.direction, {"labels": {1: "N1", 2: "N2", 3: "N3"}})
+    m = findings_scene.create_result_nodes(scene, node, doc, masks=masks).markups
+    findings_scene.set_review(m, findings_scene.candidate_index(m, "N2"), "accepted")
+    from LesionDetectorLogicLib import exports
+
+    (path,) = exports.export_run(m, tmp_path / "out", ["dicom_seg"], dicom_files=source.metadata["dicom_files"])
+    ds = pydicom.dcmread(path)
+    assert [s.SegmentLabel.split()[0] for s in ds.SegmentSequence] == ["N2"]
+    pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    total = 0
+    for frame, fg in zip(pixels, ds.PerFrameFunctionalGroupsSequence):
+        k = world_to_index(source, np.asarray([float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient]))[0]
+        assert np.array_equal(frame > 0, labels[int(round(k))] == 2)
+        total += int(frame.sum())
+    assert total == int((labels == 2).sum())
