@@ -189,7 +189,7 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self.logic.logCallback = self._log
         # Segment Editor edits re-measure their finding once the strokes pause (the logic debounces).
         self.logic.scheduleCallback = lambda ms, callback: qt.QTimer.singleShot(ms, callback)
-        self.logic.measurementCallback = lambda markups, fid: self.showResults(markups)
+        self.logic.measurementCallback = self._onRemeasured
         self.ui.resultSelector.addAttribute("vtkMRMLMarkupsFiducialNode", findings_scene.ATTR_ROLE, "findings")
         self.ui.candidatesTable.setColumnCount(5)
         self.ui.candidatesTable.setHorizontalHeaderLabels(["Rank", "Score", "Diameter (mm)", "Location (RAS mm)", "Status"])
@@ -509,6 +509,10 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
                     item.setBackground(statusColor[row["review"]])
                 table.setItem(r, c, item)
         self._updateButtons()
+
+    def _onRemeasured(self, markups, findingId: str) -> None:
+        if self._parameterNode is not None and self._parameterNode.resultMarkups is markups:
+            self.showResults(markups)   # the flag line carries the patient Lung-RADS
 
     def _onMarkupsModified(self, caller, event) -> None:
         selected = self._selectedIndex()

@@ -14,7 +14,6 @@ from LesionDetectorLib.volume import Volume
 from LesionDetectorLogicLib import findings_scene, geometry, segment_measurements, segmentation_scene
 from module_test_helpers import add_volume, oblique_ijk_to_ras
 
-import slicer
 
 SHAPE = (12, 32, 40)
 BASE = {"type": "solid", "calcified": False, "juxta_pleural": False, "perifissural": False, "benign_shape": False}
