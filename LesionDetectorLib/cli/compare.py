@@ -16,13 +16,13 @@ the run ends with one ``done`` event naming ``comparison.json`` (or one ``error`
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..batch import EventSink, JsonlLogHandler
-from ..errors import CancelledError, LesionDetectorError, VolumeError
-from .options import add_device, add_model, add_progress, positive_number, probability, progress_mode
+from ..batch import EventSink
+from ..errors import VolumeError
+from .options import (add_device, add_model, add_progress, positive_number, probability, progress_mode,
+                      run_with_progress)
 
 FINDINGS_FILE = "findings.json"
 
@@ -135,11 +135,8 @@ def _input(arg: str, findings_arg: Optional[Path], label: str) -> Tuple[Path, Op
 def run(args) -> int:
     args.progress = progress_mode(args)
     sink = ComparisonProgress(args.progress)
-    handler = None
-    if args.progress == "jsonl":
-        handler = JsonlLogHandler(sink)
-        logging.getLogger("lesion-detector").addHandler(handler)
-    try:
+
+    def work() -> int:
         if (args.out / "comparison.json").exists() and not args.overwrite:
             raise VolumeError(f"'{args.out / 'comparison.json'}' exists already; use --overwrite to replace it")
         inputs = {label: _input(arg, given, label) for label, arg, given in
@@ -147,16 +144,7 @@ def run(args) -> int:
         sink.plan(["read"] + [f"detect {label}" for label, (_, given) in inputs.items() if given is None]
                   + ["register", "characterize", "match"])
         return _compare(args, sink, inputs)
-    except (LesionDetectorError, ValueError, FileNotFoundError) as exc:
-        # As in detect: with jsonl, bad input is one error event (the reader's one line), exit 2.
-        if args.progress != "jsonl" or isinstance(exc, CancelledError):
-            raise
-        sink.emit({"event": "error", "message": str(exc), "exit_code": 2})
-        return 2
-    finally:
-        sink.close_bar()
-        if handler is not None:
-            logging.getLogger("lesion-detector").removeHandler(handler)
+    return run_with_progress(sink, work)
 
 
 def measure_compared(volume, findings, min_score: Optional[float], sink: ComparisonProgress,

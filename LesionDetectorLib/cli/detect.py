@@ -16,12 +16,11 @@ scan is read, and every scan before the model runs.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from ..batch import (FORMATS, BatchOptions, ScanBatchRunner, EventSink, JsonlLogHandler, parse_formats)
-from ..errors import CancelledError, LesionDetectorError
-from .options import add_device, add_model, add_progress, output_folder, positive_int, probability
+from ..batch import (FORMATS, BatchOptions, ScanBatchRunner, EventSink, parse_formats)
+from .options import (add_device, add_model, add_progress, output_folder, positive_int, probability,
+                      run_with_progress)
 
 DEFAULT_OUT = "lesion-detector-results"
 
@@ -103,20 +102,10 @@ def post_detection_steps(args):
 
 def run(args) -> int:
     sink = EventSink(args.progress)
-    handler = None
-    if args.progress == "jsonl":
-        handler = JsonlLogHandler(sink)
-        logging.getLogger("lesion-detector").addHandler(handler)
-    try:
-        runner = ScanBatchRunner(args.out, options_from_args(args), lambda: load_detector(args.model, args.device, args.batch_size), sink,
+
+    def work() -> int:
+        runner = ScanBatchRunner(args.out, options_from_args(args),
+                                 lambda: load_detector(args.model, args.device, args.batch_size), sink,
                                  post_detection=post_detection_steps(args))
         return runner.run(args.inputs)
-    except (LesionDetectorError, ValueError, FileNotFoundError) as exc:
-        if args.progress != "jsonl" or isinstance(exc, CancelledError):
-            raise
-        sink.emit({"event": "error", "message": str(exc), "exit_code": 2})
-        return 2
-    finally:
-        sink.close_bar()
-        if handler is not None:
-            logging.getLogger("lesion-detector").removeHandler(handler)
+    return run_with_progress(sink, work)

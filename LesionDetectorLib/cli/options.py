@@ -7,10 +7,11 @@ option the same spelling, choices and default.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..evaluation.dataset_detection import DEFAULT_MODEL
 
@@ -95,3 +96,33 @@ def progress_mode(args) -> str:
         return args.progress
     isatty = getattr(sys.stderr, "isatty", None)
     return "bar" if isatty is not None and isatty() else "none"
+
+
+def run_with_progress(sink, work: Callable[[], int]) -> int:
+    """Run ``work()`` (a subcommand's body, returning its exit code) under ``sink``, an
+    :class:`~LesionDetectorLib.batch.EventSink` in the ``--progress`` mode.
+
+    With ``jsonl`` the library's log records become ``log`` events and bad input (a
+    ``LesionDetectorError``, ``ValueError`` or missing file) is one ``error`` event with exit code
+    2, since stdout is the protocol a program reads; otherwise it propagates to ``main``, which
+    prints the one-line cause. Cancellation always propagates (exit code 130).
+    """
+    from ..errors import CancelledError, LesionDetectorError
+
+    handler = None
+    if sink.mode == "jsonl":
+        from ..batch import JsonlLogHandler
+
+        handler = JsonlLogHandler(sink)
+        logging.getLogger("lesion-detector").addHandler(handler)
+    try:
+        return work()
+    except (LesionDetectorError, ValueError, FileNotFoundError) as exc:
+        if sink.mode != "jsonl" or isinstance(exc, CancelledError):
+            raise
+        sink.emit({"event": "error", "message": str(exc), "exit_code": 2})
+        return 2
+    finally:
+        sink.close_bar()
+        if handler is not None:
+            logging.getLogger("lesion-detector").removeHandler(handler)
