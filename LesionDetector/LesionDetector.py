@@ -191,8 +191,8 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         self.logic.scheduleCallback = lambda ms, callback: qt.QTimer.singleShot(ms, callback)
         self.logic.measurementCallback = self._onRemeasured
         self.ui.resultSelector.addAttribute("vtkMRMLMarkupsFiducialNode", findings_scene.ATTR_ROLE, "findings")
-        self.ui.candidatesTable.setColumnCount(5)
-        self.ui.candidatesTable.setHorizontalHeaderLabels(["Rank", "Score", "Diameter (mm)", "Location (RAS mm)", "Status"])
+        self.ui.candidatesTable.setColumnCount(len(findings_scene.PANEL_COLUMNS))
+        self.ui.candidatesTable.setHorizontalHeaderLabels(list(findings_scene.PANEL_COLUMNS))
         self.ui.candidatesTable.horizontalHeader().setStretchLastSection(True)
 
         self._pollTimer = qt.QTimer()
@@ -501,7 +501,7 @@ class LesionDetectorWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservat
         table.setRowCount(len(rows))
         statusColor = {"accepted": qt.QColor("#c8e6c9"), "rejected": qt.QColor("#ffcdd2")}
         for r, row in enumerate(rows):
-            values = [str(row["rank"]), f"{row['score']:.3f}", f"{row['diameter_mm']:.1f}", row["location"], row["review"]]
+            values = findings_scene.panel_cells(row)
             for c, value in enumerate(values):
                 item = qt.QTableWidgetItem(value)
                 item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
@@ -858,14 +858,17 @@ class LesionDetectorLogic(ScriptedLoadableModuleLogic):
 
     # -- review / navigation / export ------------------------------------------------
     def candidateRows(self, markups) -> List[Dict]:
-        """One dict per candidate in rank order: rank, id, score, diameter_mm, location, review."""
+        """One dict per candidate in rank order: rank, id, score, diameter_mm (the detector's box),
+        location, review, and the characterization's type, mean_diameter_mm, volume_ml, lung_rads."""
         findings = findings_scene.findings_with_review(markups)
         rows = []
         for i, cand in enumerate(findings["candidates"]):
-            rows.append({"rank": i + 1, "id": str(cand["id"]), "score": float(cand["score"]),
-                         "diameter_mm": float(cand["diameter_mm"]),
-                         "location": findings_scene.format_location(findings_scene.candidate_position_ras(markups, i)),
-                         "review": findings_scene.review_of(markups, i)})
+            row = {"rank": i + 1, "id": str(cand["id"]), "score": float(cand["score"]),
+                   "diameter_mm": float(cand["diameter_mm"]),
+                   "location": findings_scene.format_location(findings_scene.candidate_position_ras(markups, i)),
+                   "review": findings_scene.review_of(markups, i)}
+            row.update(findings_scene.characterization_cells(cand))
+            rows.append(row)
         return rows
 
     def resultSummary(self, markups) -> Dict[str, str]:

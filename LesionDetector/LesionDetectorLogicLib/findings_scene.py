@@ -265,18 +265,41 @@ def _fill_table(table, markups, candidates: List[Dict[str, Any]]) -> None:
         cols["RPN"].InsertNextValue(float(cand.get("score_rpn", float("nan"))))
         cols["FPRN"].InsertNextValue(float(cand.get("score_fprn", float("nan"))))
         cols["Review"].InsertNextValue(cand.get("review", "unreviewed"))
-        ch = cand.get("characterization") or {}
-        kind = ch.get("type") or ""
-        cols["Type"].InsertNextValue(f"{kind}, calcified" if kind and ch.get("calcified") else kind)
-        cols["Mean diameter (mm)"].InsertNextValue(number(ch.get("mean_diameter_mm")))
-        cols["Volume (mL)"].InsertNextValue(number(ch.get("volume_ml")))
-        cols["Lung-RADS"].InsertNextValue(str(ch.get("lung_rads") or ""))
+        cells = characterization_cells(cand)
+        cols["Type"].InsertNextValue(cells["type"])
+        cols["Mean diameter (mm)"].InsertNextValue(number(cells["mean_diameter_mm"]))
+        cols["Volume (mL)"].InsertNextValue(number(cells["volume_ml"]))
+        cols["Lung-RADS"].InsertNextValue(cells["lung_rads"])
     vtable = table.GetTable()
     for name in TABLE_COLUMNS:
         vtable.AddColumn(cols[name])
     table.SetUseColumnTitleAsColumnHeader(True)
     table.SetLocked(True)  # the reviewer decides with Accept / Reject, not by typing in cells
     table.Modified()
+
+
+def characterization_cells(candidate: Dict[str, Any]) -> Dict[str, Any]:
+    """What the table node and the panel show of a candidate's characterization: type (", calcified"
+    appended), mean diameter, volume (None when not characterized) and Lung-RADS ("" when none)."""
+    ch = candidate.get("characterization") or {}
+    kind = ch.get("type") or ""
+    return {"type": f"{kind}, calcified" if kind and ch.get("calcified") else kind,
+            "mean_diameter_mm": ch.get("mean_diameter_mm"), "volume_ml": ch.get("volume_ml"),
+            "lung_rads": str(ch.get("lung_rads") or "")}
+
+
+# The module panel's candidate table (the table node has every column; the panel the reading ones).
+PANEL_COLUMNS = ("Rank", "Score", "Type", "Size (mm)", "Volume (mL)", "Lung-RADS", "Location (RAS mm)", "Status")
+
+
+def panel_cells(row: Dict[str, Any]) -> List[str]:
+    """Texts of one panel row (a dict of the Logic's candidateRows). Size is the measured mean
+    diameter when the finding is characterized, else the detector's box diameter marked "(box)"."""
+    size = (f"{float(row['mean_diameter_mm']):.1f}" if row.get("mean_diameter_mm") is not None
+            else f"{float(row['diameter_mm']):.1f} (box)")
+    volume = f"{float(row['volume_ml']):.3f}" if row.get("volume_ml") is not None else ""
+    return [str(row["rank"]), f"{row['score']:.3f}", row.get("type") or "", size, volume,
+            row.get("lung_rads") or "", row["location"], row["review"]]
 
 
 def _place_in_subject_hierarchy(scene, volume_node, nodes) -> int:

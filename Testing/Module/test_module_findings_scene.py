@@ -198,3 +198,26 @@ def test_table_shows_the_characterization(scene, volume_and_study, findings_doc)
     assert float(table.GetCellText(0, col["Volume (mL)"])) == pytest.approx(0.42)
     assert table.GetCellText(0, col["Lung-RADS"]) == "4A"
     assert table.GetCellText(1, col["Lung-RADS"]) == "" and table.GetCellText(1, col["Type"]) == ""
+
+
+def test_panel_rows_show_type_measured_size_and_lung_rads(scene, volume_and_study, findings_doc):
+    """The module panel's table: a characterized finding shows its type, measured mean diameter,
+    volume and Lung-RADS; an uncharacterized one its detector box size, marked as such."""
+    import copy
+
+    import LesionDetector as module
+
+    doc = copy.deepcopy(findings_doc)
+    first = next(c for c in doc["candidates"] if c["id"] == "N1")
+    first["characterization"] = {
+        "type": "solid", "calcified": True, "volume_ml": 0.1234, "long_axis_mm": 7.0, "short_axis_mm": 5.6,
+        "mean_diameter_mm": 6.3, "solid_component_mm": 6.3, "mean_hu": 420.0, "lung_rads": "1"}
+    volume, _ = volume_and_study
+    markups = findings_scene.create_result_nodes(scene, volume, doc).markups
+    rows = module.LesionDetectorLogic(scene=scene).candidateRows(markups)
+    cells = [findings_scene.panel_cells(r) for r in rows]
+    assert len(cells[0]) == len(findings_scene.PANEL_COLUMNS)
+    by = dict(zip(findings_scene.PANEL_COLUMNS, cells[0]))
+    assert (by["Type"], by["Size (mm)"], by["Volume (mL)"], by["Lung-RADS"]) == ("solid, calcified", "6.3", "0.123", "1")
+    other = dict(zip(findings_scene.PANEL_COLUMNS, cells[1]))
+    assert other["Size (mm)"].endswith("(box)") and other["Type"] == "" and other["Lung-RADS"] == ""
