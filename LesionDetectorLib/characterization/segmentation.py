@@ -26,6 +26,21 @@ Method (computed, not learned), for one candidate ``(center_lps, diameter_mm)``:
    vessel, the hilum) is cut at its narrowest neck by a marker watershed on its distance map.
 5. A mask touching the cube's border is redone once in a cube 1.6 x larger.
 
+**Nodules the scan does not resolve** (fewer than :data:`RESOLVED_VOXELS` scan voxels across,
+e.g. a 10 mm nodule on 2 mm voxels) with a solid centre: the steps above would take the
+boundary level from a layer 1-2 mm inside the border, which on such a scan lies in the blur,
+so the threshold runs down towards the parenchyma and the mask (and the volume) grows with
+the blur: the same nodule measured 12 and 15 mm on a scan and its resampled copy. Instead,
+the nodule's level is taken as solid tissue (:data:`SOLID_LEVEL_HU`), and the volume is the
+blur-invariant partial-volume sum ``sum(clip((HU - parenchyma) / (level - parenchyma)))``
+over the mask at half that level grown by one scan voxel (other bright structures and their
+surroundings left out): blur and linear resampling move HU around but keep that sum. The mask
+is then the isosurface that encloses exactly that volume, so the diameters measured on it
+agree with the volume and, like it, hardly depend on the voxel grid.
+
+The local cube is resampled from a crop of the scan around it (SimpleITK would otherwise
+copy the whole scan for each finding).
+
 The result is a :class:`NoduleSegmentation` (boolean mask, local geometry, HU samples) that
 :mod:`.measurements` and :mod:`.nodule_type` read.
 """
@@ -37,7 +52,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
-from ..coordinates import Geometry, resample_to_grid
+from ..coordinates import Geometry, index_to_world, resample_to_grid, sub_grid, world_to_index
 from ..volume import Volume
 
 DEFAULT_SPACING_MM = 0.5
@@ -49,6 +64,24 @@ HALO_CONTRAST = 0.22
 MAX_HALO_GROWTH = 25.0
 REGROW = 0.5                # regrowth after the vessel opening, as a fraction of its radius
 MAX_HALF_SIDE_MM = 36.0
+#: A nodule narrower than this many in-plane scan voxels (the axial plane it is measured in) is not resolved by the
+#: scan: its blurred profile has no plateau to take a boundary level from.
+RESOLVED_VOXELS = 8.0
+#: Attenuation of solid nodule tissue on non-contrast CT (about 0-50 HU; the synthetic generator
+#: draws -10..60): the level of an unresolved solid nodule, whose own peak the blur lowers.
+SOLID_LEVEL_HU = 20.0
+#: An unresolved nodule whose centre (smoothed by half a scan voxel) is at least this dense is
+#: taken as blurred solid tissue: on 2 mm voxels the blur lowers a 6-10 mm solid nodule's peak to
+#: -250..-480 HU, below nodule_type.SOLID_HU (-300). Unresolved ground glass denser than this is
+#: measured (and typed) as solid: a limit of coarse scans.
+SOLID_PEAK_HU = -520.0
+#: ... and one denser than this holds calcium (nodule_type.CALCIUM_HU).
+DENSE_HU = 200.0
+#: Partial-volume fractions below zero (noise, darker lung) count down to this, so noise in the
+#: zone around the nodule averages out instead of adding up.
+PV_FLOOR = -0.5
+#: How far (in scan voxels) beyond the half-level surface the partial-volume sum reaches.
+PV_MARGIN_VOXELS = 2.0
 
 
 @dataclass
@@ -68,6 +101,9 @@ class NoduleSegmentation:
     geometry: Geometry
     threshold_hu: float
     background_hu: float
+    #: the partial-volume volume (mL) when the segmentation measured it (unresolved nodules); None:
+    #: :func:`.measurements.partial_volume_ml` over the mask gives it
+    volume_ml: Optional[float] = None
 
     @property
     def spacing_mm(self) -> float:
@@ -187,16 +223,32 @@ def _plateau(hu, region, spacing) -> float:
     return float(np.median(values))
 
 
-def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diameter_mm: float):
+def _smoothed(hu: np.ndarray, spacing: float, scan_spacing_mm: float) -> np.ndarray:
+    """``hu`` smoothed by a Gaussian of half a scan voxel (sigma): a scan and its resampled copy
+    (whose linear interpolation already smoothed it) then look alike."""
+    return ndimage.gaussian_filter(hu, 0.5 * scan_spacing_mm / spacing, mode="nearest")
+
+
+def _parenchyma_hu(hu, lung_side) -> float:
+    """Median HU of the lung (below -500 HU on the lung side) in the cube."""
     parenchyma = lung_side & (hu < LUNG_AIR_HU)
-    background = float(np.median(hu[parenchyma])) if parenchyma.any() else float(np.percentile(hu, 20))
+    return float(np.median(hu[parenchyma])) if parenchyma.any() else float(np.percentile(hu, 20))
+
+
+def _center_peak(hu, lung_side, spacing, diameter_mm, default=-np.inf) -> float:
+    """90th percentile HU at the candidate's centre (ball of a quarter of its diameter) on the lung side."""
+    centre = _center_ball(hu.shape, spacing, max(1.5, 0.25 * diameter_mm)) & lung_side
+    return float(np.percentile(hu[centre], 90)) if centre.any() else float(default)
+
+
+def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diameter_mm: float):
+    background = _parenchyma_hu(hu, lung_side)
     open_r = float(np.clip(0.15 * diameter_mm, 0.6, 1.5))
     ball = _center_ball(hu.shape, spacing, max(1.5, 0.35 * diameter_mm))
     # Leaks along vessels end at a sphere well beyond the expected nodule.
     limit = _center_ball(hu.shape, spacing, 0.5 * (hu.shape[0] - 1) * spacing)
     empty = np.zeros(hu.shape, bool)
-    peak = float(np.percentile(hu[_center_ball(hu.shape, spacing, max(1.5, 0.25 * diameter_mm)) & lung_side], 90)) \
-        if np.any(lung_side & ball) else background
+    peak = _center_peak(hu, lung_side, spacing, diameter_mm, background)
     if peak < background + MIN_CONTRAST_HU:
         return empty, background + MIN_CONTRAST_HU, background
     # Top-down: from the densest part at the centre, then each boundary at its half maximum.
@@ -226,7 +278,73 @@ def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diamete
     return _split_off_attachments(region, spacing, diameter_mm), threshold, background
 
 
-def _split_off_attachments(region: np.ndarray, spacing: float, diameter_mm: float) -> np.ndarray:
+def _segment_unresolved(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diameter_mm: float,
+                        background: float, scan_spacing_mm: float):
+    """Mask and partial-volume volume (mL) of a solid nodule the scan does not resolve (module docstring)."""
+    level = SOLID_LEVEL_HU
+    threshold = 0.5 * (level + background)
+    open_r = float(np.clip(0.15 * diameter_mm, 0.6, 1.5))
+    ball = _center_ball(hu.shape, spacing, max(1.5, 0.35 * diameter_mm))
+    limit = _center_ball(hu.shape, spacing, 0.5 * (hu.shape[0] - 1) * spacing)
+    region = _region(hu, lung_side, threshold, open_r, spacing, ball, limit)
+    if not region.any():
+        return region, threshold, None
+    # The blur spreads the nodule's HU about a scan voxel beyond its half-level surface. A lobe of
+    # the nodule a blurred voxel further out than expected is no attachment: the cut starts that
+    # much further out.
+    margin = max(1.0, PV_MARGIN_VOXELS * scan_spacing_mm)
+    region = _split_off_attachments(region, spacing, diameter_mm, 2.0 + margin)
+    # The zone is geometric (a ball the detector's diameter spans, and the region grown by the
+    # margin) on the lung side: every intensity-defined cut (vessels, a faint nodule's few voxels
+    # above half level) moves with the blur, and the zone must not.
+    near = _ball_distance_outside(region, spacing)
+    reach = (near <= margin) | _center_ball(hu.shape, spacing, 0.5 * diameter_mm + margin)
+    # Vessels (bright on the lung side, not the nodule) take their blurred halo with them: what is
+    # nearer to them than to the nodule and within the margin of them (a Voronoi split, so that
+    # where a vessel was cut off the nodule the zone ends halfway, wherever the cut fell).
+    # Only vessels seen clearly (well above the half level, away from the nodule): a faint one
+    # comes and goes with the blur, and the zone with it.
+    others = (hu > threshold + 0.25 * (level - background)) & lung_side & (near > margin)
+    if others.any():
+        to_others = _ball_distance_outside(others, spacing)
+        reach &= ~((to_others <= margin) & (to_others < near))
+    zone = (reach & lung_side & limit) | region
+    # The parenchyma's mean, not its median, around the nodule: lung texture (small vessels) makes
+    # it brighter on average, and each zone voxel would add that excess to the sum.
+    shell = _dilate(reach, 1.5 * scan_spacing_mm, spacing) & ~reach & lung_side & (hu < threshold)
+    local = float(np.mean(hu[shell])) if shell.sum() >= 20 else background
+    local = min(local, 0.5 * (background + level))
+    values = hu[zone]
+    frac = np.clip((values - local) / (level - local), PV_FLOOR, 1.0)
+    n = int(np.clip(np.round(frac.sum()), 1, values.size))
+    # The isosurface of the image smoothed by half a scan voxel: the noise's and the grid's detail
+    # would otherwise shape the outline (and its diameters) of a nodule a few voxels wide.
+    smooth = _smoothed(hu, spacing, scan_spacing_mm)
+    iso = float(np.sort(smooth[zone])[::-1][n - 1])
+    mask = _component_at_center((smooth >= iso) & zone, ball)
+    if not mask.any():
+        mask = region
+    return mask, threshold, float(frac.sum()) * spacing ** 3 / 1000.0
+
+
+def _crop_for(volume: Volume, geometry: Geometry, margin: int = 2) -> Volume:
+    """The part of ``volume`` under ``geometry`` (plus ``margin`` voxels): resampling reads only that."""
+    g = geometry
+    corners = np.array([[a, b, c] for a in (0, g.shape_zyx[0] - 1) for b in (0, g.shape_zyx[1] - 1)
+                        for c in (0, g.shape_zyx[2] - 1)], dtype=np.float64)
+    idx = world_to_index(volume, index_to_world(g, corners))
+    shape = np.asarray(volume.array.shape)
+    lo = np.clip(np.floor(idx.min(0)).astype(int) - margin, 0, shape)
+    hi = np.clip(np.ceil(idx.max(0)).astype(int) + margin + 1, 0, shape)
+    if np.any(hi - lo < 2):
+        return volume            # (almost) outside the scan: the resampling's default value fills it
+    box = sub_grid(volume, lo, hi - lo)
+    return Volume(np.ascontiguousarray(volume.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]), box.spacing,
+                  box.origin, box.direction)
+
+
+def _split_off_attachments(region: np.ndarray, spacing: float, diameter_mm: float,
+                           slack_mm: float = 2.0) -> np.ndarray:
     """Cut a region that runs on far beyond the expected nodule at its narrowest neck.
 
     A vessel or mediastinal structure thicker than the opening ball stays attached. When the
@@ -241,7 +359,7 @@ def _split_off_attachments(region: np.ndarray, spacing: float, diameter_mm: floa
     z, y, x = np.ogrid[:n[0], :n[1], :n[2]]
     c = (n - 1) / 2.0
     r_mm = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) * spacing
-    far = region & (r_mm > 0.5 * diameter_mm + 2.0)
+    far = region & (r_mm > 0.5 * diameter_mm + slack_mm)
     if not far.any():
         return region
     import SimpleITK as sitk
@@ -270,8 +388,11 @@ def segment_nodule(volume: Volume, center_lps: Sequence[float], diameter_mm: flo
     :class:`NoduleSegmentation` (``empty`` when nothing was found).
     """
     d = float(max(diameter_mm, 3.0))
+    scan_mm = float(np.prod(np.asarray(volume.spacing, dtype=np.float64)) ** (1.0 / 3.0))
+    inplane_mm = float(max(volume.spacing[0], volume.spacing[1]))
     if spacing_mm is None:
-        spacing_mm = float(np.clip(d / 30.0, DEFAULT_SPACING_MM, 1.0))
+        # A third of the scan's voxel is as fine as its detail goes.
+        spacing_mm = float(np.clip(max(d / 30.0, scan_mm / 3.0), DEFAULT_SPACING_MM, 1.0))
     mask_volume = None
     if lung_mask is not None:
         mask_volume = lung_mask if isinstance(lung_mask, Volume) else Volume(
@@ -279,14 +400,22 @@ def segment_nodule(volume: Volume, center_lps: Sequence[float], diameter_mm: flo
     half = float(np.clip(0.8 * d + 4.0, 8.0, MAX_HALF_SIDE_MM))
     for attempt in range(2):
         geometry = _local_geometry(volume, center_lps, half, spacing_mm)
-        hu = resample_to_grid(volume, geometry, "linear", -1024.0, np.float32).array
+        hu = resample_to_grid(_crop_for(volume, geometry), geometry, "linear", -1024.0, np.float32).array
         lung = None
         if mask_volume is not None:
-            lung = resample_to_grid(Volume(np.asarray(mask_volume.array, np.uint8), mask_volume.spacing,
-                                           mask_volume.origin, mask_volume.direction),
-                                    geometry, "nearest", 0, np.uint8).array > 0
+            lung_u8 = Volume(np.asarray(mask_volume.array, np.uint8), mask_volume.spacing, mask_volume.origin,
+                             mask_volume.direction)
+            lung = resample_to_grid(_crop_for(lung_u8, geometry), geometry, "nearest", 0, np.uint8).array > 0
         side = _lung_side(hu, spacing_mm, d, lung)
-        mask, threshold, background = _segment_once(hu, side, spacing_mm, d)
+        pv_ml = None
+        background = _parenchyma_hu(hu, side)
+        peak = _center_peak(_smoothed(hu, spacing_mm, scan_mm), side, spacing_mm, d, background)
+        # Calcium (above DENSE_HU) is left to the threshold path: its blurred spill-over would count
+        # in full around the nodule while its own excess over the solid level is clipped.
+        if d < RESOLVED_VOXELS * inplane_mm and max(SOLID_PEAK_HU, background + MIN_CONTRAST_HU) <= peak <= DENSE_HU:
+            mask, threshold, pv_ml = _segment_unresolved(hu, side, spacing_mm, d, background, scan_mm)
+        else:
+            mask, threshold, background = _segment_once(hu, side, spacing_mm, d)
         touches = mask.any() and (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
                                   or mask[:, :, 0].any() or mask[:, :, -1].any())
         if not touches or attempt == 1 or half >= MAX_HALF_SIDE_MM:
@@ -294,4 +423,4 @@ def segment_nodule(volume: Volume, center_lps: Sequence[float], diameter_mm: flo
         # Larger than the detector thought: measure the extent seen so far and retry.
         d = max(d, 1.6 * half)
         half = float(min(1.6 * half, MAX_HALF_SIDE_MM))
-    return NoduleSegmentation(candidate_id, mask, hu, side, geometry, float(threshold), float(background))
+    return NoduleSegmentation(candidate_id, mask, hu, side, geometry, float(threshold), float(background), pv_ml)
