@@ -3,6 +3,7 @@ with the Python of its own MONAI virtual environment (never import LesionDetecto
 
     python _monai_bundle_worker.py SCAN --threads 2 --json OUT.json [--plan-only]
         [--roi 512 512 192 --spacing 0.703125 0.703125 1.25 --force-sliding-window]   (--smoke)
+    python _monai_bundle_worker.py --fingerprint --threads 1 --json OUT.json
 
 The network, detector and transforms follow the bundle's ``configs/inference.json`` (model-zoo,
 bundle 0.6.8) for a raw scan (``whether_raw_luna16: true``: ITK reader with the LPS-to-RAS
@@ -114,7 +115,7 @@ def n_windows(image_size, roi, overlap):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("scan", help="DICOM series folder or scan file ITK reads")
+    p.add_argument("scan", nargs="?", help="DICOM series folder or scan file ITK reads")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--json", required=True, help="write the timings here")
     p.add_argument("--roi", type=int, nargs=3, default=list(INFER_PATCH_SIZE),
@@ -125,8 +126,13 @@ def main(argv=None) -> int:
                    help="resampling spacing in mm (the bundle's 0.703125 0.703125 1.25; coarser only for --smoke)")
     p.add_argument("--plan-only", action="store_true",
                    help="read and preprocess only; report the input size and the windows a run would take")
+    p.add_argument("--fingerprint", action="store_true",
+                   help="no scan: the network's size, module names and outputs on a seeded 64x64x32 input, to "
+                        "compare venvs (torchvision or the stand-in, torch versions)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.scan is None and not args.fingerprint:
+        p.error("SCAN is required")
 
     import torch
 
@@ -160,6 +166,20 @@ def main(argv=None) -> int:
     detector.eval()
     n_params = sum(p.numel() for p in network.parameters())
     t_build = time.perf_counter()
+    if args.fingerprint:
+        import hashlib
+
+        x = torch.rand(1, 1, 64, 64, 32, generator=torch.Generator().manual_seed(args.seed + 1))
+        with torch.no_grad():
+            maps = network(x)
+        names = "\n".join(n for n, _ in network.named_modules())
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "torchvision": torchvision_used, "parameters": n_params,
+                       "modules_sha256": hashlib.sha256(names.encode()).hexdigest(),
+                       "backbone_children": list(network.feature_extractor.body.keys()),
+                       "output_sums": {k: [round(float(t.double().sum()), 3) for t in v] for k, v in maps.items()}},
+                      f, indent=2)
+        return 0
 
     preprocessing = Compose([
         LoadImaged(keys="image", reader="itkreader", affine_lps_to_ras=True),

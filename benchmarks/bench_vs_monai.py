@@ -119,7 +119,15 @@ def probe_venv(venv: Path) -> dict | None:
 
 def ensure_monai_venv(venv: Path, torch_version: str, torchvision_version: str, allow_cuda_build: bool) -> dict:
     """Build (or reuse) the MONAI venv; raise BenchError with the cause when it cannot be built."""
-    spec = venv_spec(torch_version, torchvision_version)
+    versions = build_monai_venv(venv, venv_spec(torch_version, torchvision_version))
+    if versions["cuda"] and not allow_cuda_build:
+        raise BenchError(f"the MONAI venv {venv} has a CUDA build of torch {versions['torch']} (CUDA "
+                         f"{versions['cuda']}); pass --allow-cuda-build to time it on the CPU anyway, or another "
+                         f"--monai-torch / --venv")
+    return versions
+
+
+def build_monai_venv(venv: Path, spec: dict) -> dict:
     # The marker sits beside the venv, written before the build starts, so a failed or
     # interrupted build is still known as ours and may be deleted; "complete" only after the probe.
     marker = venv.parent / (venv.name + ".bench_vs_monai.json")
@@ -147,17 +155,15 @@ def ensure_monai_venv(venv: Path, torch_version: str, torchvision_version: str, 
             out.write("$ " + " ".join(cmd) + "\n")
             out.flush()
             if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-                tail = log.read_text().strip().splitlines()[-3:]
+                lines = log.read_text().strip().splitlines()
+                cause = [line for line in lines if line.startswith("ERROR:")][:2] or lines[-3:]
                 raise BenchError(f"could not build the MONAI venv ({' '.join(cmd[:4])} ... failed; "
-                                 f"full log: {log}): {' | '.join(tail)}")
+                                 f"full log: {log}): {' | '.join(cause)}")
     versions = probe_venv(venv)
     if versions is None:
         r = subprocess.run([str(venv_python(venv)), "-c", PROBE], capture_output=True, text=True)
         raise BenchError(f"the MONAI venv {venv} was built but MONAI's detector does not import: "
                          f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
-    if versions["cuda"] and not allow_cuda_build:
-        raise BenchError(f"pip installed a CUDA build of torch {versions['torch']} (CUDA {versions['cuda']}) into "
-                         f"{venv}; pass --allow-cuda-build to time it on the CPU anyway, or another --monai-torch")
     marker.write_text(json.dumps({"spec": spec, "complete": True}))
     print(f"MONAI venv built in {time.perf_counter() - t0:.0f} s: {versions}", flush=True)
     return versions
@@ -270,7 +276,7 @@ def thread_env(threads: int) -> dict:
 def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, int, float]:
     """Wall seconds from process start to exit, exit code and the process's own peak RSS (MiB,
     from wait4, so earlier children do not count); output to ``log``."""
-    print("$ " + " ".join(cmd), flush=True)
+    print("$ " + " ".join(cmd) + f"    (output: {log})", flush=True)
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -339,7 +345,7 @@ def report(r: dict) -> str:
     lines = [
         f"### Ours vs MONAI `lung_nodule_ct_detection`, {r['date']}{' (SMOKE: 12 slices, MONAI at 3x spacing, not a result)' if r['smoke'] else ''}",
         "",
-        f"`{r['command']}`; CPU: {r['cpu']} ({r['cores']} cores), {r['threads']} threads each, one after the "
+        f"`{r['command']}`; CPU: {r['cpu']}, {r['cores']} cores; {r['threads']} threads each, one after the "
         f"other; {r['load']}.",
         f"Scan: {scan['what']}, {'x'.join(map(str, scan['size_xyz']))} voxels at "
         f"{' x '.join(f'{s:g}' for s in scan['spacing_mm'])} mm{' (smoke: the middle slices)' if r['smoke'] else ''}.",
@@ -438,9 +444,10 @@ def run(args, argv) -> int:
     if args.smoke:
         scan = smoke_slab(scan, args.cache)
     sys.path.insert(0, str(REPO))
-    from LesionDetectorLib.inference.engine import cpu_model_name
+    sys.path.insert(0, str(HERE))
+    from bench_detect import _cpu_model
 
-    result = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "smoke": args.smoke, "cpu": cpu_model_name(),
+    result = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "smoke": args.smoke, "cpu": _cpu_model(),
               "cores": os.cpu_count(), "threads": args.threads, "load": load_average(),
               "scan": {"what": what, "path": str(scan), **describe(scan)},
               "command": " ".join(["python", "benchmarks/bench_vs_monai.py", *(argv if argv is not None else sys.argv[1:])])}
