@@ -208,12 +208,12 @@ def _region(hu, lung_side, threshold, open_r, spacing, ball, limit):
     return _component_at_center(_dilate(opened, REGROW * open_r, spacing) & raw, ball)
 
 
-def _plateau(hu, region, spacing) -> float:
+def _plateau(hu, region, spacing, depth_mm: float = 1.0) -> float:
     """The level just inside the region's border (median of the layer 1..2 mm deep; the brighter
     half of the region when it is thinner): the contrast the edge's half maximum is taken from.
     The outer layer, not the whole core, so a calcified centre does not raise the edge threshold."""
-    core = _erode(region, 1.0, spacing)
-    layer = core & ~_erode(region, 2.0, spacing)
+    core = _erode(region, depth_mm, spacing)
+    layer = core & ~_erode(region, 2.0 * depth_mm, spacing)
     if layer.sum() >= 8:
         values = hu[layer]
     elif core.sum() >= 8:
@@ -241,7 +241,12 @@ def _center_peak(hu, lung_side, spacing, diameter_mm, default=-np.inf) -> float:
     return float(np.percentile(hu[centre], 90)) if centre.any() else float(default)
 
 
-def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diameter_mm: float):
+def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diameter_mm: float,
+                  depth_mm: float = 1.0):
+    """The threshold path (module docstring, steps 3-4). ``depth_mm``: how deep inside the border the
+    level is read (and how far out the halo): 1 mm, or one in-plane scan voxel when that is coarser
+    (on 2 mm voxels the layer 1-2 mm deep lies in the blurred edge, and the threshold would run down
+    into it)."""
     background = _parenchyma_hu(hu, lung_side)
     open_r = float(np.clip(0.15 * diameter_mm, 0.6, 1.5))
     ball = _center_ball(hu.shape, spacing, max(1.5, 0.35 * diameter_mm))
@@ -258,15 +263,15 @@ def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diamete
         region = _region(hu, lung_side, threshold, open_r, spacing, ball, limit)
         if not region.any():
             return empty, threshold, background
-        new = float(np.clip(0.5 * (_plateau(hu, region, spacing) + background), background + 60.0, 0.0))
+        new = float(np.clip(0.5 * (_plateau(hu, region, spacing, depth_mm) + background), background + 60.0, 0.0))
         if abs(new - threshold) < 5.0:
             break
         threshold = new
     # A ground-glass halo around a solid core: the shell just outside the core boundary stays
     # far above the parenchyma (a blurred solid edge falls to about a tenth of its contrast by then).
-    level = _plateau(hu, region, spacing)
+    level = _plateau(hu, region, spacing, depth_mm)
     dist = _ball_distance_outside(region, spacing)
-    shell = (dist > 0.5) & (dist <= 1.5) & lung_side
+    shell = (dist > 0.5 * depth_mm) & (dist <= 1.5 * depth_mm) & lung_side
     if shell.any():
         halo = float(np.median(hu[shell]))
         if halo > GGO_MIN_HU and halo - background >= HALO_CONTRAST * (level - background):
@@ -295,25 +300,26 @@ def _segment_unresolved(hu: np.ndarray, lung_side: np.ndarray, spacing: float, d
     margin = max(1.0, PV_MARGIN_VOXELS * scan_spacing_mm)
     region = _split_off_attachments(region, spacing, diameter_mm, 2.0 + margin)
     # The zone is geometric (a ball the detector's diameter spans, and the region grown by the
-    # margin) on the lung side: every intensity-defined cut (vessels, a faint nodule's few voxels
-    # above half level) moves with the blur, and the zone must not.
+    # margin) on the lung side: every intensity-defined cut (a faint nodule's few voxels above
+    # half level) moves with the blur, and the zone must not.
     near = _ball_distance_outside(region, spacing)
     reach = (near <= margin) | _center_ball(hu.shape, spacing, 0.5 * diameter_mm + margin)
-    # Vessels (bright on the lung side, not the nodule) take their blurred halo with them: what is
-    # nearer to them than to the nodule and within the margin of them (a Voronoi split, so that
-    # where a vessel was cut off the nodule the zone ends halfway, wherever the cut fell).
-    # Only vessels seen clearly (well above the half level, away from the nodule): a faint one
-    # comes and goes with the blur, and the zone with it.
+    # Vessels seen clearly (well above the half level, away from the nodule: a faint one comes and
+    # goes with the blur) take their blurred halo with them: what is nearer to them than to the
+    # nodule and within the margin of them (a Voronoi split).
     others = (hu > threshold + 0.25 * (level - background)) & lung_side & (near > margin)
+    theirs = others.copy()
     if others.any():
         to_others = _ball_distance_outside(others, spacing)
-        reach &= ~((to_others <= margin) & (to_others < near))
-    zone = (reach & lung_side & limit) | region
-    # The parenchyma's mean, not its median, around the nodule: lung texture (small vessels) makes
-    # it brighter on average, and each zone voxel would add that excess to the sum.
-    shell = _dilate(reach, 1.5 * scan_spacing_mm, spacing) & ~reach & lung_side & (hu < threshold)
+        theirs |= (to_others <= margin) & (to_others < near)
+    usable = lung_side & limit & ~theirs
+    zone = (reach & usable) | region
+    # The background is the mean, not the median, of the same kind of voxels (lung, vessels' halos
+    # left out alike) just outside the zone: lung texture makes the parenchyma brighter on average
+    # than its median, and each zone voxel would add that excess to the sum.
+    shell = _dilate(reach, 1.5 * scan_spacing_mm, spacing) & ~reach & usable
     local = float(np.mean(hu[shell])) if shell.sum() >= 20 else background
-    local = min(local, 0.5 * (background + level))
+    local = min(local, threshold)
     values = hu[zone]
     frac = np.clip((values - local) / (level - local), PV_FLOOR, 1.0)
     n = int(np.clip(np.round(frac.sum()), 1, values.size))
@@ -415,7 +421,7 @@ def segment_nodule(volume: Volume, center_lps: Sequence[float], diameter_mm: flo
         if d < RESOLVED_VOXELS * inplane_mm and max(SOLID_PEAK_HU, background + MIN_CONTRAST_HU) <= peak <= DENSE_HU:
             mask, threshold, pv_ml = _segment_unresolved(hu, side, spacing_mm, d, background, scan_mm)
         else:
-            mask, threshold, background = _segment_once(hu, side, spacing_mm, d)
+            mask, threshold, background = _segment_once(hu, side, spacing_mm, d, max(1.0, inplane_mm))
         touches = mask.any() and (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
                                   or mask[:, :, 0].any() or mask[:, :, -1].any())
         if not touches or attempt == 1 or half >= MAX_HALF_SIDE_MM:
