@@ -50,6 +50,8 @@ def cpu_model() -> str:
 
 
 SIZES = "characterization"
+#: (seconds, findings) of each characterization call: the product's measuring cost per finding
+CHAR_TIMES = []
 
 
 def _measured(volume, findings):
@@ -62,7 +64,10 @@ def _measured(volume, findings):
             c.characterization = {"type": "solid", "calcified": False, "mean_diameter_mm": c.diameter_mm,
                                   "volume_ml": sphere_volume_ml(c.diameter_mm)}
         return findings
-    return characterize(volume, findings, min_score=-np.inf)
+    t0 = time.perf_counter()
+    out = characterize(volume, findings, min_score=-np.inf)
+    CHAR_TIMES.append((time.perf_counter() - t0, len(findings.candidates)))
+    return out
 
 
 def evaluate_pair(pair, doc):
@@ -191,6 +196,8 @@ def summarize(state, args) -> dict:
                                         "max": float(np.max(reg_err))},
         "surface_mean_mm": float(np.mean(state["surface"])),
         "registration_s": float(np.mean(state.get("reg_times") or [np.nan])),
+        "characterize_s_per_finding": (sum(t for t, _ in CHAR_TIMES) / max(sum(n for _, n in CHAR_TIMES), 1)
+                                       if CHAR_TIMES else None),
         "self_match": {"findings": len(self_rows), "ok": sum(s["ok"] for s in self_rows),
                        "findings_ge6mm": len(self_big), "ok_ge6mm": sum(s["ok"] for s in self_big),
                        "paired_with_itself": sum(s["same"] for s in self_rows),

@@ -18,7 +18,9 @@ Method (computed, not learned), for one candidate ``(center_lps, diameter_mm)``:
    percentile of the region 1 mm inside its border) and the parenchyma (median lung HU of the
    cube). The midpoint is the half-maximum edge of a blurred step, which makes volumes
    unbiased; the low percentile makes a part-solid nodule's boundary its ground-glass halo
-   (threshold near -700 HU) and a solid nodule's its solid edge (near -400 HU).
+   (threshold near -700 HU) and a solid nodule's its solid edge (near -400 HU). On scans
+   coarser than 1 mm in-plane the layer (and the halo shell below) lies one in-plane voxel deep
+   instead of 1 mm: closer in, it is the blurred edge, and the threshold runs down into the blur.
 4. **Vessels.** A morphological opening with a ball of ``0.15 d`` (0.6..1.5 mm) cuts thin
    vessels from the nodule; the opened mask is then regrown by half that radius inside
    the thresholded region, which gives back the border the opening shaved without
@@ -26,16 +28,20 @@ Method (computed, not learned), for one candidate ``(center_lps, diameter_mm)``:
    vessel, the hilum) is cut at its narrowest neck by a marker watershed on its distance map.
 5. A mask touching the cube's border is redone once in a cube 1.6 x larger.
 
-**Nodules the scan does not resolve** (fewer than :data:`RESOLVED_VOXELS` scan voxels across,
-e.g. a 10 mm nodule on 2 mm voxels) with a solid centre: the steps above would take the
+**Nodules the scan does not resolve** (fewer than :data:`RESOLVED_VOXELS` in-plane scan voxels
+across, e.g. a 10 mm nodule on 2 mm voxels) whose centre is denser than :data:`SOLID_PEAK_HU`
+but not calcium (:data:`DENSE_HU`): the steps above would take the
 boundary level from a layer 1-2 mm inside the border, which on such a scan lies in the blur,
 so the threshold runs down towards the parenchyma and the mask (and the volume) grows with
 the blur: the same nodule measured 12 and 15 mm on a scan and its resampled copy. Instead,
 the nodule's level is taken as solid tissue (:data:`SOLID_LEVEL_HU`), and the volume is the
 blur-invariant partial-volume sum ``sum(clip((HU - parenchyma) / (level - parenchyma)))``
-over the mask at half that level grown by one scan voxel (other bright structures and their
-surroundings left out): blur and linear resampling move HU around but keep that sum. The mask
-is then the isosurface that encloses exactly that volume, so the diameters measured on it
+over a zone (the mask at half that level grown by two scan voxels, and at least the ball the
+detector's diameter spans, on the lung side; clearly seen vessels and the voxels nearer to them
+left out), the parenchyma level being the mean of the same kind of voxels just outside it: blur
+and linear resampling move HU around but keep that sum. The mask
+is then the isosurface (of the image smoothed by half a scan voxel) that encloses exactly that
+volume, so the diameters measured on it
 agree with the volume and, like it, hardly depend on the voxel grid.
 
 The local cube is resampled from a crop of the scan around it (SimpleITK would otherwise
@@ -223,10 +229,10 @@ def _plateau(hu, region, spacing, depth_mm: float = 1.0) -> float:
     return float(np.median(values))
 
 
-def _smoothed(hu: np.ndarray, spacing: float, scan_spacing_mm: float) -> np.ndarray:
-    """``hu`` smoothed by a Gaussian of half a scan voxel (sigma): a scan and its resampled copy
-    (whose linear interpolation already smoothed it) then look alike."""
-    return ndimage.gaussian_filter(hu, 0.5 * scan_spacing_mm / spacing, mode="nearest")
+def _smoothed(hu: np.ndarray, spacing: float, scan_spacing_mm: float, voxels: float = 0.5) -> np.ndarray:
+    """``hu`` smoothed by a Gaussian of ``voxels`` scan voxels (sigma): a scan and its resampled
+    copy (whose linear interpolation already smoothed it) then look alike."""
+    return ndimage.gaussian_filter(hu, voxels * scan_spacing_mm / spacing, mode="nearest")
 
 
 def _parenchyma_hu(hu, lung_side) -> float:
@@ -322,7 +328,10 @@ def _segment_unresolved(hu: np.ndarray, lung_side: np.ndarray, spacing: float, d
     local = min(local, threshold)
     values = hu[zone]
     frac = np.clip((values - local) / (level - local), PV_FLOOR, 1.0)
-    n = int(np.clip(np.round(frac.sum()), 1, values.size))
+    # The voxels above half the level bound a blurred nodule's volume from below (the blur draws
+    # a small object's half-level surface inwards); a sum under it is background error.
+    voxels = max(float(frac.sum()), float(region.sum()))
+    n = int(np.clip(np.round(voxels), 1, values.size))
     # The isosurface of the image smoothed by half a scan voxel: the noise's and the grid's detail
     # would otherwise shape the outline (and its diameters) of a nodule a few voxels wide.
     smooth = _smoothed(hu, spacing, scan_spacing_mm)
@@ -330,7 +339,7 @@ def _segment_unresolved(hu: np.ndarray, lung_side: np.ndarray, spacing: float, d
     mask = _component_at_center((smooth >= iso) & zone, ball)
     if not mask.any():
         mask = region
-    return mask, threshold, float(frac.sum()) * spacing ** 3 / 1000.0
+    return mask, threshold, voxels * spacing ** 3 / 1000.0
 
 
 def _crop_for(volume: Volume, geometry: Geometry, margin: int = 2) -> Volume:
