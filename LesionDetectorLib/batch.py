@@ -22,6 +22,9 @@
 * **events** (:class:`EventSink`): the jsonl progress protocol of ``docs/architecture.md``.
 * **post-detection steps**: :meth:`ScanBatchRunner.analyse` is the one place where steps that
   run on ``(volume, findings)`` after detection and before export are called (``post_detection``).
+* **sharding** (``shard``, :mod:`LesionDetectorLib.batch_shard`): under ``torchrun`` every rank
+  plans the same list and detects every ``world_size``-th scan of it; rank 0 alone recovers an
+  interrupted run, reports input problems and writes the merged submission at the end.
 
 Checks that need no model (output folder, inputs, scan headers, geometry) run before the
 model is loaded, so bad input is refused fast.
@@ -665,7 +668,7 @@ class ScanBatchRunner:
 
     def __init__(self, out, options: BatchOptions, detector_factory: Callable[[], Any],
                  sink: Optional[EventSink] = None, post_detection: Sequence[PostDetectionStep] = (),
-                 cancel=None) -> None:
+                 cancel=None, shard=None) -> None:
         self.out = Path(out)
         self.options = options
         self._detector_factory = detector_factory
@@ -673,6 +676,7 @@ class ScanBatchRunner:
         self.sink = sink or EventSink("none")
         self.post_detection = list(post_detection)
         self.cancel = cancel
+        self.shard = shard            # batch_shard.Shard under torchrun, else None
         self._lung_mask = None
 
     # -- steps
@@ -775,8 +779,13 @@ class ScanBatchRunner:
 
     def _run(self, inputs: Sequence[str]) -> int:
         opts = self.options
-        for text in recover_interrupted(self.out):
-            self.sink.warning(text)
+        shard = self.shard
+        main = shard is None or shard.is_main
+        if main:
+            for text in recover_interrupted(self.out):
+                self.sink.warning(text)
+        if shard is not None:
+            shard.barrier()   # no rank plans (or writes) while rank 0 removes dead runs' partial folders
         scans, problems, skipped = expand_inputs(inputs, exclude=self.out)
         if (opts.series_uid or opts.lung_mask) and len(scans) + len(problems) > 1:
             raise ValueError("--series-uid and --lung-mask apply to a single input scan")
@@ -784,18 +793,25 @@ class ScanBatchRunner:
             from .io import read_volume
 
             self._lung_mask = read_volume(opts.lung_mask, allow_non_ct=True)
+        if not main:
+            skipped, problems = [], []   # rank 0 reports the input list's problems once
         for text in skipped:
             self.sink.warning(text)
         failures: List[Tuple[str, str, int]] = [(p, msg, 2) for p, msg in problems]
         for raw, msg in problems:
             self.sink.emit({"event": "error", "message": f"{raw}: {msg}", "exit_code": 2})
         todo = []
-        for scan, folder, done in self.plan(scans):
-            if done:
+        plan = self.plan(scans)
+        if shard is not None:
+            shard.barrier()   # every rank has named its folders before any rank creates one
+        for scan, folder, done in plan:
+            if not done:
+                todo.append((scan, folder))
+            elif main:
                 self.sink.message(f"{scan.path}: already done ({folder / FILES['json']}); --overwrite to redo")
                 self.sink.emit({"event": "done", "findings": str(folder / FILES["json"]), "skipped": True})
-            else:
-                todo.append((scan, folder))
+        if shard is not None:
+            todo = todo[shard.rank::shard.world_size]
         # The next scan is read (I/O and decoding, which release the GIL) in a background thread
         # while the model runs on this one; at most one scan waits in memory.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lesion-detector-read")
@@ -804,12 +820,25 @@ class ScanBatchRunner:
             self._run_todo(todo, pool, pending, failures)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        if shard is not None:
+            shard.barrier()   # every rank's folders are final: one submission over all of them
+            if main and "csv" in opts.formats:
+                self._refresh_submission({})
         if failures:
             lines = [f"{len(failures)} input(s) failed:"] + [f"  {p}: {m}" for p, m, _ in failures]
             self.sink.message("\n".join(lines))
             print("\n".join(lines), file=sys.stderr)
             return 1 if any(code == 1 for _, _, code in failures) else 2
         return 0
+
+    def _refresh_submission(self, written: Dict[str, Path]) -> None:
+        left_out: List[str] = []
+        try:
+            written["submission"] = write_submission(self.out, left_out)
+        except (LesionDetectorError, ValueError, OSError) as exc:
+            self.sink.warning(f"{SUBMISSION} was not refreshed: {exc}")
+        for text in left_out:
+            self.sink.warning(f"{SUBMISSION}: {text}")
 
     def _timed_read(self, scan: ScanInput):
         t0 = time.perf_counter()
@@ -840,14 +869,9 @@ class ScanBatchRunner:
             self.sink.message(result.findings.summary_table())
             for text in result.warnings:
                 self.sink.warning(f"{scan.path}: {text}")
-            if "csv" in opts.formats:
-                # Refreshed after every scan so it is complete even if a later scan is interrupted.
-                left_out: List[str] = []
-                try:
-                    result.written["submission"] = write_submission(self.out, left_out)
-                except (LesionDetectorError, ValueError, OSError) as exc:
-                    self.sink.warning(f"{SUBMISSION} was not refreshed: {exc}")
-                for text in left_out:
-                    self.sink.warning(f"{SUBMISSION}: {text}")
+            if "csv" in opts.formats and self.shard is None:
+                # Refreshed after every scan so it is complete even if a later scan is interrupted
+                # (a sharded run writes it once, on rank 0, when every rank is done).
+                self._refresh_submission(result.written)
             self.sink.message("written: " + ", ".join(str(p) for p in result.written.values() if p))
             self.sink.emit({"event": "done", "findings": str(result.written["json"])})

@@ -12,6 +12,9 @@ Option values are checked while parsing (argparse ``type=``), the output folder 
 scan is read, and every scan before the model runs.
 
 ``--progress jsonl`` prints the event protocol of ``docs/architecture.md`` on stdout.
+
+``torchrun --nproc_per_node=N -m LesionDetectorLib.cli.main detect ...`` shards the scans over
+N processes (GPUs), one merged submission (:mod:`LesionDetectorLib.batch_shard`).
 """
 from __future__ import annotations
 
@@ -104,8 +107,21 @@ def run(args) -> int:
     sink = EventSink(args.progress)
 
     def work() -> int:
-        runner = ScanBatchRunner(args.out, options_from_args(args),
-                                 lambda: load_detector(args.model, args.device, args.batch_size), sink,
-                                 post_detection=post_detection_steps(args))
-        return runner.run(args.inputs)
+        from ..batch_shard import close_shard, shard_from_env
+
+        shard = shard_from_env()   # under torchrun: this rank's share of the scans (batch_shard)
+        device = args.device
+        if shard is not None:
+            import torch
+
+            device = shard.device(args.device)
+            if device == "cpu":
+                torch.set_num_threads(shard.cpu_threads())
+        try:
+            runner = ScanBatchRunner(args.out, options_from_args(args),
+                                     lambda: load_detector(args.model, device, args.batch_size), sink,
+                                     post_detection=post_detection_steps(args), shard=shard)
+            return runner.run(args.inputs)
+        finally:
+            close_shard(shard)
     return run_with_progress(sink, work)
