@@ -94,8 +94,9 @@ def characterize_candidate(volume: Volume, candidate: Candidate,
 
 
 #: At most this many unreviewed candidates are characterized per scan (by rank), besides every
-#: accepted one: each costs ~1-5 s, and a card whose operating point is not reached lists up to
-#: 100 candidates above its threshold, whose false positives would then set the exam's category.
+#: accepted one: each costs ~0.2-0.3 s (docs/benchmarks.md), but a card whose operating point is
+#: not reached lists up to 100 candidates above its threshold, whose false positives would then
+#: set the exam's category.
 MAX_CHARACTERIZED = 10
 
 
