@@ -6,12 +6,12 @@ draw of the rest of the scan stay what they are with ``confusers=False``:
 
 * **end-on vessels and branch points**: side branches of the arterial / venous trees that run
   within 25 degrees of the cranio-caudal axis, so an axial slice cuts them as bright discs of
-  nodule size (the commonest false positive of CAD: Setio et al., LUNA16, Med Image Anal 2017,
-  sec. 5; Murphy et al., Med Image Anal 2009), and bulges at tree bifurcations where a vessel
-  cut at its fork looks nodular;
+  nodule size (vessels are the main false positives of nodule CAD, e.g. in the LUNA16 report,
+  Setio et al., Med Image Anal 2017, and of this project's detector, issue 13), and bulges at
+  tree bifurcations, where a vessel cut at its fork looks nodular;
 * **interlobar fissures**: the two oblique (major) fissures and the right horizontal (minor)
   fissure, sheets of two layers of visceral pleura (~0.2-0.4 mm of soft tissue in all;
-  Webb, Müller & Naidich, *High-Resolution CT of the Lung*, ch. 2), often incomplete (Raasch
+  Webb, Müller & Naidich, *High-Resolution CT of the Lung*), often incomplete (Raasch
   et al., AJR 1982;138:1043); the oblique fissure runs from about T4-T5 posteriorly to the
   anterior diaphragm. When a small solid isolated nodule lies within reach, the fissure is
   moved to pass through it and the nodule becomes ``perifissural`` (Ahn et al., Radiology
@@ -27,7 +27,7 @@ draw of the rest of the scan stay what they are with ``confusers=False``:
 
 Calcified granulomas are *nodules*, not confusers: LUNA16 keeps calcified nodules (its
 reference standard is every nodule >= 3 mm accepted by >= 3 of 4 readers, whatever its
-calcification; Setio et al. 2017, sec. 2), so the generator draws them as ``calcified``
+calcification; Setio et al. 2017), so the generator draws them as ``calcified``
 nodules that follow the same list rule (:data:`GRANULOMAS_PER_SCAN`).
 
 Frequencies without a cited source are design choices, stated as such beside the number.
@@ -56,7 +56,7 @@ GRANULOMA_DIAMETER_MM = (1.5, 6.0)
 END_ON_BRANCHES = 40
 FORK_BULGES = 30
 
-# Soft tissue of the visceral pleura; two layers of ~0.1-0.2 mm each (Webb et al., ch. 2).
+# Soft tissue of the visceral pleura; two layers of ~0.1-0.2 mm each (Webb et al.).
 FISSURE_TISSUE_HU = 30.0
 FISSURE_THICKNESS_MM = (0.2, 0.45)
 
@@ -190,9 +190,10 @@ def _smooth_noise(rng: np.random.Generator, shape, scale_vox: float) -> np.ndarr
     return smooth3(rng, (1, *shape), scale_vox)[0]
 
 
-def _sheet(hu: np.ndarray, region: np.ndarray, sp: np.ndarray, zf: np.ndarray, present: np.ndarray,
+def _sheet(hu: np.ndarray, regions: np.ndarray, label: int, sp: np.ndarray, zf: np.ndarray, present: np.ndarray,
            y0: int, x0: int, thickness: float, value: float) -> int:
-    """Blend the height-field sheet ``z = zf[y, x]`` (mm; NaN = absent) into ``hu`` where ``region``.
+    """Blend the height-field sheet ``z = zf[y, x]`` (mm) into ``hu`` where ``present`` and
+    ``regions == label`` (columns ``y0 + i``, ``x0 + j``).
 
     The coverage of each voxel is the overlap of the sheet (``thickness`` mm along its normal)
     with a voxel of the mean spacing: the sheet keeps its mass whatever the voxel size, so it
@@ -214,7 +215,7 @@ def _sheet(hu: np.ndarray, region: np.ndarray, sp: np.ndarray, zf: np.ndarray, p
         cover = (np.minimum(dist + 0.5 * v, 0.5 * thickness) - np.maximum(dist - 0.5 * v, -0.5 * thickness)) / v
         ok &= cover > 0
         z, y, x = zi[ok], yy[ok], xx[ok]
-        inr = region[z, y, x]
+        inr = regions[z, y, x] == label
         z, y, x, c = z[inr], y[inr], x[inr], cover[ok][inr].astype(np.float32)
         old = hu[z, y, x]
         hu[z, y, x] = old + c * np.maximum(np.float32(value) - old, 0.0)
@@ -228,15 +229,18 @@ def fissures(rng: np.random.Generator, hu: np.ndarray, lung_regions: np.ndarray,
 
     Nodules that the oblique fissure is moved through get ``placement = "perifissural"``."""
     info: Dict[str, object] = {"sheets": 0, "voxels": 0, "perifissural": 0}
+    step = 4                                  # bounding boxes on every 4th voxel: a 64th of the reads
+    coarse = lung_regions[::step, ::step, ::step]
     for label in (1, 2):
-        region = lung_regions == label
-        zs = np.flatnonzero(region.any(axis=(1, 2)))
-        if len(zs) < 4:
+        region = coarse == label
+        zs = np.flatnonzero(region.any(axis=(1, 2))) * step
+        if len(zs) < 2:
             continue
-        ys = np.flatnonzero(region.any(axis=(0, 2)))
-        xs = np.flatnonzero(region.any(axis=(0, 1)))
-        y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-        z_top, z_bot = zs[-1] * sp[0], zs[0] * sp[0]
+        ys = np.flatnonzero(region.any(axis=(0, 2))) * step
+        xs = np.flatnonzero(region.any(axis=(0, 1))) * step
+        y0, y1 = max(ys[0] - step, 0), min(ys[-1] + step + 1, lung_regions.shape[1])
+        x0, x1 = max(xs[0] - step, 0), min(xs[-1] + step + 1, lung_regions.shape[2])
+        z_top, z_bot = min(zs[-1] + step, lung_regions.shape[0] - 1) * sp[0], max(zs[0] - step, 0) * sp[0]
         y_ant, y_post = y0 * sp[1], (y1 - 1) * sp[1]
         height = z_top - z_bot
         # Oblique fissure: from ~T4-T5 behind (a third down from the apex) to the anterior base.
@@ -245,9 +249,12 @@ def fissures(rng: np.random.Generator, hu: np.ndarray, lung_regions: np.ndarray,
         Y = (np.arange(y0, y1) * sp[1])[:, None]
         X = (np.arange(x0, x1) * sp[2])[None, :]
         u = (Y - y_ant) / max(y_post - y_ant, 1.0)
-        lateral = np.abs(X - thorax.cx) / max(thorax.body_a, 1.0)
+        # On axial slices the fissure runs from posteromedial to anterolateral, 15-40 degrees off
+        # the coronal plane: the sheet rises laterally as it rises posteriorly.
+        lateral = np.abs(X - thorax.cx) - 0.5 * (np.abs(x0 * sp[2] - thorax.cx) + np.abs((x1 - 1) * sp[2] - thorax.cx))
+        slope_y = (z_post - z_ant) / max(y_post - y_ant, 1.0)
         zf = z_ant + (z_post - z_ant) * u + rng.uniform(-12.0, 12.0) * u * (1 - u) \
-            + rng.uniform(-8.0, 8.0) * (lateral - 0.5)
+            + slope_y * np.tan(np.radians(rng.uniform(15.0, 40.0))) * lateral
         wob = _smooth_noise(rng, zf.shape, 25.0 / sp[1])
         zf = zf + rng.uniform(2.0, 5.0) * wob
         # Perifissural: move the fissure (<= 25 mm) through a small solid isolated nodule of this lung.
@@ -264,7 +271,7 @@ def fissures(rng: np.random.Generator, hu: np.ndarray, lung_regions: np.ndarray,
                 info["perifissural"] += 1
         gaps = _smooth_noise(rng, zf.shape, 30.0 / sp[1]) > rng.uniform(0.3, 1.0)   # incomplete fissures
         t = rng.uniform(*FISSURE_THICKNESS_MM)
-        info["voxels"] += _sheet(hu, region, sp, zf, ~gaps, y0, x0, t, FISSURE_TISSUE_HU)
+        info["voxels"] += _sheet(hu, lung_regions, label, sp, zf, ~gaps, y0, x0, t, FISSURE_TISSUE_HU)
         info["sheets"] += 1
         if label == 1:
             # Horizontal fissure: from the middle of the oblique fissure (about the hilum, the 4th
@@ -273,7 +280,7 @@ def fissures(rng: np.random.Generator, hu: np.ndarray, lung_regions: np.ndarray,
             zh = z_ant + (z_post - z_ant) * rng.uniform(0.45, 0.7) + rng.uniform(-0.1, 0.1) * (Y - y_ant) \
                 + rng.uniform(1.0, 3.0) * _smooth_noise(rng, zf.shape, 25.0 / sp[1])
             present = (zh > zf) & (_smooth_noise(rng, zf.shape, 30.0 / sp[1]) < rng.uniform(0.0, 0.8))
-            info["voxels"] += _sheet(hu, region, sp, zh, present, y0, x0, rng.uniform(*FISSURE_THICKNESS_MM),
+            info["voxels"] += _sheet(hu, lung_regions, label, sp, zh, present, y0, x0, rng.uniform(*FISSURE_THICKNESS_MM),
                                      FISSURE_TISSUE_HU)
             info["sheets"] += 1
     return info
@@ -401,18 +408,19 @@ def pleural_lesions(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, 
     return items
 
 
-def draw(rng: np.random.Generator, hu: np.ndarray, lung_regions: np.ndarray, sp: np.ndarray, thorax,
-         vessels: Sequence[trees.Segment], vessel_hu: float, nodules: List[NoduleSite],
-         guard: Optional[NoduleGuard] = None) -> Tuple[Dict[str, int], List[dict]]:
+def draw(rng: np.random.Generator, hu: np.ndarray, lung_regions: np.ndarray, lung: np.ndarray, sp: np.ndarray,
+         thorax, vessels: Sequence[trees.Segment], vessel_hu: float, nodules: List[NoduleSite],
+         guard: Optional[NoduleGuard] = None,
+         renderer: Optional[trees.TubeRenderer] = None) -> Tuple[Dict[str, int], List[dict]]:
     """Draw every confuser into the canonical ``hu`` (float32, before blur and noise).
 
     Returns (counts, items): one item per end-on vessel, fork, rib, plaque and thickening, with
-    its ``kind`` and ``center`` (canonical mm) and sizes (mm)."""
-    lung = lung_regions > 0
+    its ``kind`` and ``center`` (canonical mm) and sizes (mm). ``lung``: ``lung_regions > 0``;
+    ``renderer``: one of the scan's shape to reuse."""
     if guard is not None:
         guard.refresh(hu)
     branches, bulges = vessel_branches(rng, vessels, lung, sp)
-    renderer = trees.TubeRenderer(hu.shape, sp)
+    renderer = renderer or trees.TubeRenderer(hu.shape, sp)
     renderer.draw(hu, branches + bulges, vessel_hu)
     items = [dict(kind="end-on vessel", center=a + 0.5 * (b - a), radius=0.5 * (ra + rb),
                   direction=(b - a) / max(np.linalg.norm(b - a), 1e-9)) for a, b, ra, rb in branches[::2]]

@@ -71,7 +71,7 @@ class SyntheticNodule:
     diameter_mm: float
     readers: int
     category: str            # solid | part-solid | ground-glass | calcified
-    placement: str           # isolated | juxta-pleural | juxta-vascular
+    placement: str           # isolated | juxta-pleural | juxta-vascular | perifissural (on a fissure)
     texture: float
     calcification: int
     lidc_shape_index: int    # -1 for a sub-3 mm micro-nodule
@@ -419,7 +419,8 @@ def generate_scan(seed: int, index: int = 0, size: str = "full",
         walls = [(p0, p1, r0 + wf * (0.2 * r0 + 0.3), r1 + wf * (0.2 * r1 + 0.3)) for p0, p1, r0, r1 in airway]
     renderer.draw(hu, walls, rng.uniform(-60.0, 40.0))
     renderer.draw(hu, airway, anatomy.AIR_HU, only_brighter=False)
-    del renderer
+    if crng is None:
+        del renderer        # the confusers reuse its coverage buffer (a full-size float32 array)
     t_trees = time.perf_counter()
 
     # Nodules: counts of a random real LIDC scan, real shapes, LUNA16 list rules.
@@ -470,8 +471,9 @@ def generate_scan(seed: int, index: int = 0, size: str = "full",
             k = np.clip(np.round(centroid / sp).astype(int), 0, np.array(shape) - 1)
             sites.append(confusers_mod.NoduleSite(centroid, radius, diameter, category, mode,
                                                   int(lung_regions[tuple(k)])))
-        confuser_info, confuser_items = confusers_mod.draw(crng, hu, lung_regions, sp, t, vessels, vessel_hu,
-                                                           sites, guard)
+        confuser_info, confuser_items = confusers_mod.draw(crng, hu, lung_regions, lung_fine, sp, t, vessels,
+                                                           vessel_hu, sites, guard, renderer)
+        del renderer
         # A nodule the oblique fissure was moved through is now perifissural (its list is unchanged).
         for i, site in enumerate(sites):
             if site.placement != canonical_nodules[i][4]:

@@ -110,7 +110,9 @@ def bundled_crop():
     from LesionDetectorLib.model import load_pretrained
     from LesionDetectorLib.preprocess import preprocess
 
-    scan = generate_scan(2, 0, size="small")
+    # The scan without the generator's confusers: the crop this tolerance was measured on (with
+    # them, one 0.65-scored mark of this crop loses its NMS tie to a neighbour 6 mm away in bf16).
+    scan = generate_scan(2, 0, size="small", confusers=False)
     pre = preprocess(scan.to_volume(), lung_mask=scan.lung_labels > 0)
     nodule = max(scan.annotations, key=lambda n: n.diameter_mm)
     c = np.round(pre.from_world(np.asarray([nodule.center_lps]))[0]).astype(int)

@@ -180,10 +180,10 @@ def test_fissure_sheet_is_thin_keeps_its_mass_and_carries_perifissural_nodules()
     moves the oblique fissure through a small solid nodule it can reach, making it perifissural."""
     sp = np.array([0.7, 0.7, 0.7])
     lung = np.full((80, 60, 60), -850.0, np.float32)
-    region = np.ones(lung.shape, bool)
+    region = np.ones(lung.shape, np.uint8)
     yy = np.arange(60)[:, None] * sp[1] + np.zeros((1, 60))
     zf = 10.0 + 1.2 * yy                                  # an oblique sheet, 50 deg from the axial plane
-    confusers._sheet(lung, region, sp, zf, np.ones(zf.shape, bool), 0, 0, 0.3, confusers.FISSURE_TISSUE_HU)
+    confusers._sheet(lung, region, 1, sp, zf, np.ones(zf.shape, bool), 0, 0, 0.3, confusers.FISSURE_TISSUE_HU)
     raised = lung + 850.0
     col = raised[:, 30, 30]
     mass = col.sum() * sp[0] / np.sqrt(1 + 1.2 ** 2)      # along the sheet's normal
