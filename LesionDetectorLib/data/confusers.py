@@ -280,8 +280,8 @@ def fissures(rng: np.random.Generator, hu: np.ndarray, lung_regions: np.ndarray,
             zh = z_ant + (z_post - z_ant) * rng.uniform(0.45, 0.7) + rng.uniform(-0.1, 0.1) * (Y - y_ant) \
                 + rng.uniform(1.0, 3.0) * _smooth_noise(rng, zf.shape, 25.0 / sp[1])
             present = (zh > zf) & (_smooth_noise(rng, zf.shape, 30.0 / sp[1]) < rng.uniform(0.0, 0.8))
-            info["voxels"] += _sheet(hu, lung_regions, label, sp, zh, present, y0, x0, rng.uniform(*FISSURE_THICKNESS_MM),
-                                     FISSURE_TISSUE_HU)
+            info["voxels"] += _sheet(hu, lung_regions, label, sp, zh, present, y0, x0,
+                                     rng.uniform(*FISSURE_THICKNESS_MM), FISSURE_TISSUE_HU)
             info["sheets"] += 1
     return info
 
@@ -377,7 +377,6 @@ def pleural_lesions(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, 
             continue
         n_out = np.array([0.0, -np.cos(theta), np.sin(theta)])
         e_u = np.array([0.0, np.sin(theta), np.cos(theta)])
-        e_z = np.array([1.0, 0.0, 0.0])
         c = _wall_point(t, theta, rho, z)
         reach = np.array([les["a_z"], max(les["a_u"], les["thick"]) + 3.0, max(les["a_u"], les["thick"]) + 3.0])
         lo = np.maximum(np.floor((c - reach - 3.0) / sp).astype(int), 0)
@@ -398,7 +397,8 @@ def pleural_lesions(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, 
         target = block + cover.astype(np.float32) * np.maximum(value - block, 0.0)
         if les["calcified"]:
             # Calcification: a dense layer inside the plaque, patchy (plaques calcify from within).
-            patch = (np.sin(s_u / rng.uniform(3.0, 6.0) + rng.uniform(0, 6.3)) * np.cos(oz / rng.uniform(3.0, 6.0))) > 0.1
+            wave_u, phase, wave_z = rng.uniform(3.0, 6.0), rng.uniform(0, 6.3), rng.uniform(3.0, 6.0)
+            patch = (np.sin(s_u / wave_u + phase) * np.cos(oz / wave_z)) > 0.1
             calc = np.clip(np.minimum(inner - 0.4 * les["thick"] * prof, 1.0 - h) / v + 0.5, 0.0, 1.0) \
                 * (q < 0.7) * patch
             target = target + calc.astype(np.float32) * np.maximum(np.float32(rng.uniform(300.0, 900.0)) - target, 0.0)
