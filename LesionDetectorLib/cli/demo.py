@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--size", default="full", choices=("full", "small"),
                    help="full: a LUNA16-like 512x512 scan (default; minutes on a CPU); small: a coarse "
                         "~2 mm scan that runs in seconds but is below the resolution the model was trained on")
+    p.add_argument("--no-confusers", action="store_true",
+                   help="generate the scan without the look-alikes of real chest CT (fissures, end-on vessels, "
+                        "plaques, ribs by the pleura, granulomas), as the bundled model's training scans were")
     p.set_defaults(func=run)
 
 
@@ -70,7 +73,7 @@ def run(args) -> int:
                              post_detection=steps)
     runner.load_detector()
     sink.message(f"generating synthetic CT (seed {args.seed}) ...")
-    scan = generate_scan(args.seed, 0, size=args.size)
+    scan = generate_scan(args.seed, 0, size=args.size, confusers=not getattr(args, "no_confusers", False))
     series_dir = out / f"synthetic_ct_seed{args.seed}_{args.size}_dicom"
     if not series_dir.exists():
         write_ct_series(scan.to_volume(), series_dir, series_uid=scan.series_uid,

@@ -20,13 +20,17 @@ from .sampler import PAD_VALUE
 def engine_settings_for(config: Any, tile: Optional[Sequence[int]] = None, **overrides: Any) -> EngineSettings:
     """Engine settings of a model being trained: its config's NMS, the training crop as the tile
     unless ``tile`` is given (precision fp32 unless overridden: validation must not depend on
-    the CPU it runs on)."""
-    from dataclasses import asdict
+    the CPU it runs on). The overlap is the card default (32) but at most a third of the tile:
+    small test crops (32^3) would otherwise step by one voxel (thousands of tiles per scan)."""
+    from dataclasses import asdict, replace
 
     config_dict = asdict(config) if not isinstance(config, Mapping) else dict(config)
     card = {"config": config_dict}
     overrides.setdefault("precision", "fp32")
-    return EngineSettings.from_card(card, tile=tuple(tile) if tile is not None else None, **overrides)
+    settings = EngineSettings.from_card(card, tile=tuple(tile) if tile is not None else None, **overrides)
+    if "overlap" not in overrides:
+        settings = replace(settings, overlap=min(settings.overlap, min(settings.tile) // 3))
+    return settings
 
 
 @torch.no_grad()

@@ -192,3 +192,15 @@ def test_patient_probability_from_card():
     assert patient_probability(0.9, card) > 0.9
     assert patient_probability(None, card) < 1e-6
     assert patient_probability(0.9, {}) is None
+
+
+def test_validation_overlap_is_at_most_a_third_of_the_training_crop():
+    """A 32^3 test crop with the card's 32-voxel overlap would step by one voxel (4913 tiles on
+    a 48^3 scan); a real 96^3 crop keeps the card's 32."""
+    from LesionDetectorLib.inference.engine import plan_tiles
+    from LesionDetectorLib.training import validation
+
+    small = validation.engine_settings_for(ModelConfig.preset("tiny", crop_size=(32, 32, 32)))
+    assert small.overlap == 10 and len(plan_tiles((48, 48, 48), small.tile, small.overlap)) == 8
+    assert validation.engine_settings_for(ModelConfig.preset("luna16", crop_size=(96, 96, 96))).overlap == 32
+    assert validation.engine_settings_for(ModelConfig.preset("tiny"), overlap=4).overlap == 4
