@@ -152,6 +152,12 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
     dataset = CropDataset(train_scans, config.crop_size, opts.iters_per_epoch * opts.batch_size * info.world_size,
                           seed=opts.seed, pos_fraction=opts.pos_fraction, max_diameter=config.max_train_diameter,
                           reviewed_regions=reviewed, hard_fraction=opts.abs_hard_fraction if reviewed else 0.0)
+    if state.get("abs_done") and state.get("abs_regions"):
+        index = {scan.uid: i for i, scan in enumerate(train_scans)}
+        dataset.hard_regions = [(index[r[0]], np.asarray(r[1:], dtype=np.float64))
+                                for r in state["abs_regions"] if r[0] in index]
+        dataset.hard_fraction = opts.abs_hard_fraction if dataset.hard_regions else 0.0
+        log.info("ABS: %d hard regions from the checkpoint", len(dataset.hard_regions))
     # Every rank takes its own interleaved share of the same deterministic crop sequence.
     indices = list(range(info.rank, len(dataset), info.world_size))
     loader_kw = dict(batch_size=opts.batch_size, collate_fn=collate, num_workers=opts.num_workers,
@@ -165,6 +171,9 @@ def train_model(config: ModelConfig, train_scans: List[CachedScan], val_scans: L
             dataset.hard_regions = mine_hard_regions(model, train_scans, config, device)
             dataset.hard_fraction = opts.abs_hard_fraction if dataset.hard_regions else 0.0
             state["abs_done"] = True
+            # Kept in the checkpoint: mining is one detection pass per training scan (an hour on
+            # 2 CPU cores for 60 scans), and a resumed ABS round must draw from the same regions.
+            state["abs_regions"] = [[train_scans[i].uid, *(float(v) for v in c)] for i, c in dataset.hard_regions]
             log.info("ABS: %d hard regions", len(dataset.hard_regions))
         dataset.set_epoch(epoch)
         ddp_model.train()

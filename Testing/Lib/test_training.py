@@ -180,3 +180,36 @@ def test_fine_tuning_starts_from_the_init_model_and_checks_its_architecture(tmp_
                          init_model=str(tmp_path / "init"))
     with pytest.raises(ValueError, match="pyramid_channels"):
         train_model(config.replace(pyramid_channels=16), [scan], [], other)
+
+
+def test_abs_regions_survive_a_resume(tmp_path, monkeypatch):
+    """ABS mines once (a detection pass per training scan); a resumed run draws from the same
+    regions, read from the checkpoint, instead of none (or mining again)."""
+    from LesionDetectorLib.training import loop
+
+    scan = sphere_scan()
+    mined = []
+
+    def mine(model, scans, config, device, min_score=0.5):
+        mined.append(1)
+        return [(0, np.array([10.0, 30.0, 12.0]))]
+
+    seen = []
+
+    class Recording(loop.CropDataset):
+        def set_epoch(self, epoch):
+            seen.append((epoch, [(i, c.tolist()) for i, c in self.hard_regions], self.hard_fraction))
+            super().set_epoch(epoch)
+
+    monkeypatch.setattr(loop, "mine_hard_regions", mine)
+    monkeypatch.setattr(loop, "CropDataset", Recording)
+    config = ModelConfig.preset("tiny", **CFG)
+    opts = TrainOptions(out_dir=str(tmp_path), epochs=1, iters_per_epoch=1, abs_epochs=1, progress_bar=False,
+                        amp=False, abs_hard_fraction=0.3)
+    train_model(config, [scan], [], opts)
+    assert mined == [1] and seen[-1] == (1, [(0, [10.0, 30.0, 12.0])], 0.3)
+    opts.abs_epochs, opts.resume = 2, True
+    seen.clear()
+    train_model(config, [scan], [], opts)
+    assert mined == [1]                                       # not mined again
+    assert seen == [(2, [(0, [10.0, 30.0, 12.0])], 0.3)]      # the same regions after the resume
