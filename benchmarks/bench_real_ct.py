@@ -16,6 +16,7 @@ time. These are real scans no one here made: the model was trained on synthetic 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tarfile
@@ -32,7 +33,10 @@ from LesionDetectorLib.coordinates import world_to_index
 from LesionDetectorLib.inference.engine import cpu_model_name
 from LesionDetectorLib.inference.patient_flag import OPERATING_POINT_NAMES
 
-PYPI_JSON = "https://pypi.org/pypi/pyradiomics/3.1.0/json"
+# The simple index (PEP 691 JSON): the version JSON of 3.1.0 is a 404, since the sdist's own
+# metadata says 3.0.1a1; the file is found by its name and checked by the index's sha256.
+PYPI_SIMPLE = "https://pypi.org/simple/pyradiomics/"
+SDIST = "pyradiomics-3.1.0.tar.gz"
 SCANS = ("lung1", "lung2")
 
 
@@ -41,13 +45,22 @@ def fetch_sdist(cache: Path) -> Path:
     target = cache / "pyradiomics-3.1.0.tar.gz"
     if target.is_file():
         return target
-    with urllib.request.urlopen(PYPI_JSON, timeout=60) as r:
+    request = urllib.request.Request(PYPI_SIMPLE, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
         meta = json.load(r)
-    url = next(u["url"] for u in meta["urls"] if u["packagetype"] == "sdist")
+    entry = next((f for f in meta["files"] if f["filename"] == SDIST), None)
+    if entry is None:
+        raise SystemExit(f"{SDIST} is not on {PYPI_SIMPLE}")
     part = target.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=300) as r, open(part, "wb") as f:
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(entry["url"], timeout=300) as r, open(part, "wb") as f:
         while chunk := r.read(1 << 20):
             f.write(chunk)
+            digest.update(chunk)
+    want = entry.get("hashes", {}).get("sha256")
+    if want and digest.hexdigest() != want:
+        part.unlink()
+        raise SystemExit(f"{SDIST}: sha256 {digest.hexdigest()} is not the index's {want}")
     part.replace(target)
     return target
 
