@@ -823,7 +823,7 @@ class ScanBatchRunner:
         if shard is not None:
             shard.barrier()   # every rank's folders are final: one submission over all of them
             if main and "csv" in opts.formats:
-                self._refresh_submission({})
+                self._refresh_submission()
         if failures:
             lines = [f"{len(failures)} input(s) failed:"] + [f"  {p}: {m}" for p, m, _ in failures]
             self.sink.message("\n".join(lines))
@@ -831,14 +831,17 @@ class ScanBatchRunner:
             return 1 if any(code == 1 for _, _, code in failures) else 2
         return 0
 
-    def _refresh_submission(self, written: Dict[str, Path]) -> None:
+    def _refresh_submission(self) -> Optional[Path]:
+        """Rewrite ``luna16_submission.csv`` over the folder's finished scans; a failure is a warning."""
         left_out: List[str] = []
+        path = None
         try:
-            written["submission"] = write_submission(self.out, left_out)
+            path = write_submission(self.out, left_out)
         except (LesionDetectorError, ValueError, OSError) as exc:
             self.sink.warning(f"{SUBMISSION} was not refreshed: {exc}")
         for text in left_out:
             self.sink.warning(f"{SUBMISSION}: {text}")
+        return path
 
     def _timed_read(self, scan: ScanInput):
         t0 = time.perf_counter()
@@ -872,6 +875,6 @@ class ScanBatchRunner:
             if "csv" in opts.formats and self.shard is None:
                 # Refreshed after every scan so it is complete even if a later scan is interrupted
                 # (a sharded run writes it once, on rank 0, when every rank is done).
-                self._refresh_submission(result.written)
+                result.written["submission"] = self._refresh_submission()
             self.sink.message("written: " + ", ".join(str(p) for p in result.written.values() if p))
             self.sink.emit({"event": "done", "findings": str(result.written["json"])})

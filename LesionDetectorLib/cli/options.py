@@ -31,26 +31,26 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_number(text: str) -> float:
-    """argparse type: a finite number > 0 (a duration, a distance)."""
+def _finite_float(text: str, ok: Callable[[float], bool], not_a_number: str, out_of_range: str) -> float:
+    """``text`` as a finite float for which ``ok`` holds, else argparse's error with the given wording."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{not_a_number}, got {text!r}") from None
+    if not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"{out_of_range}, got {text!r}")
     return value
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (a duration, a distance)."""
+    return _finite_float(text, lambda v: v > 0, "must be a number > 0", "must be a finite number > 0")
 
 
 def probability(text: str) -> float:
     """argparse type: a finite number in [0, 1] (scores are probabilities)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
-    return value
+    return _finite_float(text, lambda v: 0.0 <= v <= 1.0, "must be a number between 0 and 1",
+                         "must be a number between 0 and 1")
 
 
 def output_folder(text: str) -> Path:
