@@ -92,7 +92,15 @@ def main(argv=None) -> int:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="device of the validation and test detection passes (cpu)")
-    p.add_argument("--tile", type=int, default=128, help="inference window (the network is fully convolutional)")
+    p.add_argument("--tile", type=int, default=128,
+                   help="reference inference window (the network is fully convolutional; the candidate caps "
+                        "are per window of this size)")
+    p.add_argument("--max-tile", type=int, default=None,
+                   help="let the engine fit the window to each scan up to this size (fewer tiles, less "
+                        "overlap and padding); the operating points are then measured with fitted windows")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="--run is a bundled model: keep its weights and card (description, training, "
+                        "limitations) and redo only the inference settings, calibration and test")
     p.add_argument("--data-note", default="", help="how the training/validation/test sets were generated")
     p.add_argument("--fusions", nargs="+", default=["mean", "fprn", "geometric", "logistic"],
                    help="score fusions to choose from on the validation set (mean = the paper's)")
@@ -101,7 +109,32 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     model, run_card = load_pretrained(args.run, "cpu")
-    card = {
+    inference = {"tile": [args.tile] * 3, "overlap": 32}
+    if args.max_tile:
+        inference["max_tile"] = [args.max_tile] * 3
+    if args.recalibrate:
+        card = _recalibration_base(run_card, args, inference)
+    else:
+        card = _new_card(run_card, args, inference)
+    save_pretrained(model, args.out, card)
+    card = json.loads((args.out / CARD_FILE).read_text())
+    return _calibrate_and_test(card, args)
+
+
+def _recalibration_base(run_card: dict, args, inference: dict) -> dict:
+    """A bundled card with its measured fields dropped: they are measured again below."""
+    card = {k: v for k, v in run_card.items()
+            if k not in ("sha256", "operating_points", "validation", "test", "patient_probability", "inference")}
+    card.update(name=args.name, version=args.version, inference=inference,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                recalibrated_from={"version": run_card.get("version"), "sha256": run_card.get("sha256")})
+    card["architecture"] = card.get("architecture", "").split("; score = ")[0] + \
+        "; score = mean of RPN and FPRN probabilities"
+    return card
+
+
+def _new_card(run_card: dict, args, inference: dict) -> dict:
+    return {
         "name": args.name,
         "version": args.version,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -121,12 +154,12 @@ def main(argv=None) -> int:
         "training_data": dict(run_card.get("training_data") or {}, description=args.data_note or
                               "synthetic CT in LUNA16 layout (lesion-detector synth), real LIDC nodule shapes"),
         "training": dict(run_card.get("training", {}), **_notes(args.training_note)),
-        "inference": {"tile": [args.tile] * 3, "overlap": 32},
+        "inference": inference,
         "built_on": {"machine": platform.platform(), "python": sys.version.split()[0]},
     }
-    save_pretrained(model, args.out, card)
-    card = json.loads((args.out / CARD_FILE).read_text())
 
+
+def _calibrate_and_test(card: dict, args) -> int:
     # Validation: the bundled Detector's own engine chooses the score fusion and measures the
     # operating points and the patient probability that this card will apply.
     from LesionDetectorLib.evaluation.calibration import calibrate, calibration_card_fields, collect_marks

@@ -126,7 +126,7 @@ class Detector:
     def __init__(self, model: torch.nn.Module, card: Mapping[str, Any], device: Union[str, torch.device] = "auto",
                  batch_size: Optional[int] = None, tile: Optional[Union[int, Sequence[int]]] = None,
                  overlap: Optional[int] = None, nms_iou: Optional[float] = None,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", max_tile: Optional[Union[int, Sequence[int]]] = None) -> None:
         for key in ("name", "version", "sha256"):
             if key not in card:
                 raise ModelError(f"model card has no {key!r}")
@@ -135,9 +135,10 @@ class Detector:
         self.model = _for_device(model, self.device).eval()
         # A card may name a larger inference window than its training crop (the network is
         # fully convolutional: fewer, larger tiles waste less compute on overlap), its score
-        # fusion and its overlap; the engine reads them all from the card.
+        # fusion and its overlap, and a ``max_tile`` up to which the engine fits the tile to
+        # each scan; the engine reads them all from the card.
         self.settings = EngineSettings.from_card(self.card, tile=tile, overlap=overlap, nms_iou=nms_iou,
-                                                 precision=precision)
+                                                 precision=precision, max_tile=max_tile)
         self.tile: Tuple[int, int, int] = self.settings.tile
         self.overlap = self.settings.overlap
         self.nms_iou = self.settings.nms_iou
@@ -254,7 +255,7 @@ class Detector:
                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       "amp": result.precision != "fp32", "precision": result.precision,
                       "score_fusion": self.settings.fusion.to_dict(),
-                      "tile": list(self.tile), "overlap": self.overlap, "n_tiles": result.n_tiles,
+                      "tile": list(result.tile), "overlap": self.overlap, "n_tiles": result.n_tiles,
                       "n_tiles_planned": result.n_tiles_planned, "notes": list(result.notes)}
         findings = Findings(candidates=candidates, patient_flag=flag, model=self.model_identity,
                             volume=volume_identity(volume), provenance=provenance,

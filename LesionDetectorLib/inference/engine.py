@@ -34,12 +34,15 @@ import numpy as np
 import torch
 
 from .device import BatchRunner, memory_format_for
-from .sliding_window import Tile, extract_tile, plan_tiles
+from .sliding_window import Tile, candidate_tile_sizes, extract_tile, plan_tiles
 
 ROW_COLUMNS = ("z", "y", "x", "d", "score", "score_rpn", "score_fprn")
 FUSION_METHODS = ("mean", "fprn", "geometric", "logistic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _EPS = 1e-6
+#: Fixed cost of one tile beyond its convolutions (FPRN, NMS, Python), in voxel-equivalents of
+#: the backbone: on 2 CPU cores a 128^3 tile is ~0.42 s and this overhead ~0.05 s.
+_TILE_OVERHEAD_VOXELS = 250_000
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -152,7 +155,12 @@ def autocast_for(precision: str, device: torch.device):
 class EngineSettings:
     """``tile`` (D, H, W) voxels, multiples of 16; ``overlap`` voxels shared by neighbours;
     ``nms_iou``; ``fusion``; ``merge_inside`` (one mark per lesion); ``precision`` (see
-    :func:`resolve_precision`); ``skip_empty_tiles`` (tiles owning no valid voxel)."""
+    :func:`resolve_precision`); ``skip_empty_tiles`` (tiles owning no valid voxel).
+
+    ``max_tile`` (None: every tile is ``tile``) lets the engine fit the tile size to each image:
+    the cheapest grid of equal tiles no larger than ``max_tile`` (see
+    :func:`~.sliding_window.candidate_tile_sizes`), with the per-tile candidate caps scaled by
+    the tile's volume over ``tile``'s (:meth:`AggregatedFasterRCNN.test_budget`)."""
     tile: Tuple[int, int, int] = (128, 128, 128)
     overlap: int = 32
     nms_iou: float = 0.1
@@ -160,13 +168,13 @@ class EngineSettings:
     merge_inside: bool = True
     precision: str = "fp32"
     skip_empty_tiles: bool = True
+    max_tile: Optional[Tuple[int, int, int]] = None
 
     def __post_init__(self) -> None:
-        tile = self.tile
-        tile = (int(tile),) * 3 if isinstance(tile, (int, np.integer)) else tuple(int(t) for t in tile)
-        if len(tile) != 3 or any(t < 16 or t % 16 for t in tile):
-            raise ValueError(f"tile sizes must be 3 multiples of 16 (the backbone's stride), got {self.tile}")
+        tile = _tile_triple(self.tile, "tile")
         object.__setattr__(self, "tile", tile)
+        if self.max_tile is not None:
+            object.__setattr__(self, "max_tile", _tile_triple(self.max_tile, "max_tile"))
         if int(self.overlap) < 0:
             raise ValueError(f"overlap must be >= 0, got {self.overlap}")
         # A tile at least as small as the overlap asked for steps by one voxel, never by zero.
@@ -188,9 +196,17 @@ class EngineSettings:
             "nms_iou": float(config.get("final_nms_iou", 0.1)),
             "fusion": ScoreFusion.from_card(card),
             "merge_inside": bool(inference.get("merge_inside", True)),
+            "max_tile": inference.get("max_tile"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _tile_triple(value: Any, name: str) -> Tuple[int, int, int]:
+    triple = (int(value),) * 3 if isinstance(value, (int, np.integer)) else tuple(int(t) for t in value)
+    if len(triple) != 3 or any(t < 16 or t % 16 for t in triple):
+        raise ValueError(f"{name} sizes must be 3 multiples of 16 (the backbone's stride), got {value}")
+    return triple
 
 
 def merge_inside(rows: np.ndarray) -> np.ndarray:
@@ -237,6 +253,7 @@ class EngineResult:
     device: torch.device
     precision: str
     notes: List[str]
+    tile: Tuple[int, int, int] = (128, 128, 128)   # the tile size run (fitted with max_tile)
 
 
 class DetectionEngine:
@@ -254,18 +271,30 @@ class DetectionEngine:
         self._on_device_change = on_device_change
 
     def plan(self, shape_zyx: Sequence[int], valid: Optional[np.ndarray] = None) -> Tuple[List[Tile], int]:
-        """Tiles to run and the number planned before skipping those that own no valid voxel."""
-        tiles = plan_tiles(shape_zyx, self.settings.tile, self.settings.overlap)
-        planned = len(tiles)
-        if valid is not None and self.settings.skip_empty_tiles:
-            tiles = [t for t in tiles if _owns_any(t, valid)]
-        return tiles, planned
+        """Tiles to run and the number planned before skipping those that own no valid voxel.
+
+        With ``max_tile`` every candidate size is planned and the one with the least work (tiles
+        run times their voxels, plus a fixed cost per tile) wins; ties keep the smaller tile."""
+        s = self.settings
+        sizes = [s.tile] if s.max_tile is None else candidate_tile_sizes(shape_zyx, s.max_tile, s.overlap)
+        best: Optional[Tuple[float, List[Tile], int]] = None
+        for size in sizes:
+            tiles = plan_tiles(shape_zyx, size, s.overlap)
+            planned = len(tiles)
+            if valid is not None and s.skip_empty_tiles:
+                tiles = [t for t in tiles if _owns_any(t, valid)]
+            cost = len(tiles) * (float(np.prod(size)) + _TILE_OVERHEAD_VOXELS)
+            if best is None or cost < best[0]:
+                best = (cost, tiles, planned)
+        return best[1], best[2]
 
     def _forward(self, image: np.ndarray, pad_value: float, tiles: Sequence[Tile], device: torch.device,
                  precision: str) -> List[np.ndarray]:
         batch = torch.from_numpy(np.stack([extract_tile(image, t, pad_value) for t in tiles]))[:, None]
         batch = batch.to(device, non_blocking=True).contiguous(memory_format=memory_format_for(device))
-        with torch.inference_mode(), autocast_for(precision if device.type == self.device.type else "fp32", device):
+        budget = float(np.prod(tiles[0].size)) / float(np.prod(self.settings.tile))
+        with torch.inference_mode(), autocast_for(precision if device.type == self.device.type else "fp32", device), \
+                _test_budget(self.model, budget):
             outputs = self.model(batch)
         del batch
         if len(outputs) != len(tiles):
@@ -300,7 +329,8 @@ class DetectionEngine:
         return EngineResult(rows=postprocess_rows(rows, self.settings), raw_rows=rows, n_tiles=len(tiles),
                             n_tiles_planned=planned,
                             device=runner.device, precision=precision if runner.device == self.device else "fp32",
-                            notes=list(runner.notes))
+                            notes=list(runner.notes),
+                            tile=tuple(tiles[0].size) if tiles else self.settings.tile)
 
     def _device_changed(self, device: torch.device) -> None:
         self.device = device
@@ -308,6 +338,15 @@ class DetectionEngine:
             self._on_device_change(device)
         else:
             self.model = self.model.to(device=device, memory_format=memory_format_for(device))
+
+
+def _test_budget(model: torch.nn.Module, scale: float):
+    """The model's candidate caps scaled for a tile of ``scale`` reference volumes (models without
+    :meth:`test_budget`, e.g. test stand-ins, run as they are)."""
+    inner = getattr(model, "module", model)
+    if scale == 1.0 or not hasattr(inner, "test_budget"):
+        return contextlib.nullcontext()
+    return inner.test_budget(scale)
 
 
 def valid_voxels(image: np.ndarray, pad_value: float) -> np.ndarray:

@@ -71,6 +71,35 @@ def plan_tiles(shape_zyx: Sequence[int], tile: Union[int, Sequence[int]] = 128, 
     return tiles
 
 
+def _axis_fits(length: int, max_size: int, overlap: int, multiple: int, min_size: int, extra: int) -> List[int]:
+    """Sizes (multiples of ``multiple``, <= ``max_size``) that cover ``length`` with the fewest
+    tiles and with ``extra`` more; each is the smallest such size for its tile count."""
+    if length <= max_size:
+        n_min = 1
+    else:
+        n_min = int(np.ceil((length - overlap) / float(max_size - overlap)))
+    sizes = []
+    for n in range(n_min, n_min + extra + 1):
+        need = int(np.ceil((length + (n - 1) * overlap) / float(n)))
+        size = max(min_size, int(np.ceil(need / float(multiple))) * multiple)
+        if size <= max_size and size > overlap and size not in sizes:
+            sizes.append(size)
+    return sizes or [max_size]
+
+
+def candidate_tile_sizes(shape_zyx: Sequence[int], max_tile: Sequence[int], overlap: int,
+                         multiple: int = 16, min_size: int = 32, extra: int = 1) -> List[Tuple[int, int, int]]:
+    """Tile sizes worth trying for an image of ``shape_zyx``: per axis, the smallest multiple of
+    ``multiple`` that covers the axis with the fewest tiles no larger than ``max_tile`` (and with
+    ``extra`` more tiles), so the tiles overlap by about ``overlap`` and pad little at the far
+    border. A fixed 128^3 grid on a 316-voxel axis runs 4 tiles (512 voxels); a fitted 176 runs 2
+    (352). Which candidate is cheapest depends on which tiles can be skipped, so the engine
+    chooses."""
+    per_axis = [_axis_fits(int(n), int(m), int(overlap), multiple, min_size, extra)
+                for n, m in zip(shape_zyx, max_tile)]
+    return [tuple(c) for c in product(*per_axis)]
+
+
 def extract_tile(image: np.ndarray, tile: Tile, pad_value: float) -> np.ndarray:
     """The ``tile.size`` float32 window at ``tile.start``, padded with ``pad_value``
     where it reaches past the image (axes shorter than a tile only)."""

@@ -17,6 +17,7 @@ first, then adds the FPRN (joint, or alternating between the branches). ``set_pr
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -69,6 +70,22 @@ class AggregatedFasterRCNN(nn.Module):
         if stage != "rpn" and self.fprn is None:
             raise ValueError("this model has no FPRN branch (config.fprn is False)")
         self.stage = stage
+
+    @contextlib.contextmanager
+    def test_budget(self, scale: float):
+        """Within the block, the per-crop caps of evaluation (the RPN's pre- and post-NMS top-n
+        and ``detections_per_crop``) are ``scale`` times the config's. The caps are tuned for the
+        reference crop; a tile of ``scale`` times its volume keeps as many candidates per cubic
+        centimetre instead of ranking a larger volume for the same few."""
+        scale = float(scale)
+        if not scale > 0:
+            raise ValueError(f"test budget scale must be > 0, got {scale}")
+        before = self.rpn.test_budget
+        self.rpn.test_budget = scale
+        try:
+            yield
+        finally:
+            self.rpn.test_budget = before
 
     def set_progress(self, fraction: float) -> None:
         self.progress = float(min(max(fraction, 0.0), 1.0))
@@ -157,7 +174,10 @@ class AggregatedFasterRCNN(nn.Module):
         for p, s_fprn in zip(proposals, fprn_per_image):
             score = (p["scores"] + s_fprn) / 2 if self.fprn is not None else p["scores"]
             keep = torch.nonzero(score >= c.score_thresh).flatten()
-            keep = keep[torch.argsort(score[keep], descending=True)][: c.detections_per_crop]
+            cap = c.detections_per_crop
+            if not self.training and self.rpn.test_budget != 1.0:
+                cap = max(1, int(math.ceil(cap * self.rpn.test_budget)))
+            keep = keep[torch.argsort(score[keep], descending=True)][:cap]
             results.append({"boxes": p["boxes"][keep], "scores": score[keep],
                             "scores_rpn": p["scores"][keep], "scores_fprn": s_fprn[keep]})
         return results

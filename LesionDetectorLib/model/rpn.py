@@ -63,6 +63,9 @@ class RegionProposalNetwork(nn.Module):
         self.post_nms_top_n = post_nms_top_n or {"training": 24, "testing": 64}
         self.nms_iou = nms_iou
         self.min_score = min_score
+        # Test-time caps are per reference crop; the detection engine scales them for tiles of
+        # another volume (see AggregatedFasterRCNN.test_budget).
+        self.test_budget = 1.0
         self._anchor_cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def anchors_for(self, features: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -121,6 +124,8 @@ class RegionProposalNetwork(nn.Module):
         """Per image: ``boxes [P, 4]``, ``scores [P]`` (RPN probability), ``levels [P]``, after NMS."""
         mode = "training" if self.training else "testing"
         pre_n, post_n = self.pre_nms_top_n[mode], self.post_nms_top_n[mode]
+        if not self.training and self.test_budget != 1.0:
+            pre_n, post_n = (max(1, int(math.ceil(n * self.test_budget))) for n in (pre_n, post_n))
         out = []
         for lo, de in zip(logits, deltas):
             prob = torch.sigmoid(lo.float())
