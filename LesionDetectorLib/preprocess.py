@@ -418,3 +418,27 @@ class Preprocessing:
                                    threshold_hu=self.body_threshold_hu, hu_window=self.hu_window)
         return preprocess(volume, lung_mask=lung_mask, spacing=self.spacing_mm, margin_mm=self.margin_mm,
                           hu_window=self.hu_window, pad_outside_mm=self.pad_outside_mm)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A scan's network input made ahead of time (the batch runner's prefetch thread, while the
+    model loads or runs on the previous scan): the description that made it, the result and
+    the seconds it took. :class:`~LesionDetectorLib.inference.Detector` uses it only when
+    ``preprocessing`` is its own card's."""
+    preprocessing: Preprocessing
+    result: Preprocessed
+    seconds: float
+
+
+def card_preprocessing(card_path) -> Optional[Preprocessing]:
+    """The :class:`Preprocessing` of the model card at ``card_path`` read as plain JSON (no torch, no
+    weights), or None when it cannot be read: the Detector's own loading reports a bad card."""
+    import json
+    from pathlib import Path
+
+    try:
+        card = json.loads(Path(card_path).read_text(encoding="utf-8"))
+        return Preprocessing.from_card(card) if isinstance(card, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError):
+        return None

@@ -93,6 +93,23 @@ def characterize_candidate(volume: Volume, candidate: Candidate,
     return CharacterizedNodule(candidate.id, seg, kind, ch)
 
 
+#: The per-candidate errors that cost a finding its measurement, not the scan.
+CANDIDATE_ERRORS = (ValueError, RuntimeError, MemoryError)
+
+
+def characterize_outcomes(volume: Volume, candidates: Sequence[Candidate],
+                          lung_mask: Optional[Union[np.ndarray, Volume]] = None) -> List[Tuple[str, Any]]:
+    """``("ok", CharacterizedNodule)`` or ``("error", message)`` per candidate, in order (the loop
+    that :mod:`.parallel`'s workers run on their share)."""
+    out: List[Tuple[str, Any]] = []
+    for c in candidates:
+        try:
+            out.append(("ok", characterize_candidate(volume, c, lung_mask)))
+        except CANDIDATE_ERRORS as exc:
+            out.append(("error", str(exc)))
+    return out
+
+
 #: At most this many unreviewed candidates are characterized per scan (by rank), besides every
 #: accepted one: each costs ~0.2-0.3 s (docs/benchmarks.md), but a card whose operating point is
 #: not reached lists up to 100 candidates above its threshold, whose false positives would then
@@ -132,11 +149,15 @@ def exam_lung_rads(findings: Findings) -> Dict[str, Any]:
 def characterize_with_masks(volume: Volume, findings: Findings,
                             lung_mask: Optional[Union[np.ndarray, Volume]] = None,
                             min_score: Optional[float] = None,
-                            candidate_ids: Optional[Sequence[str]] = None) -> Tuple[Findings, List[CharacterizedNodule]]:
+                            candidate_ids: Optional[Sequence[str]] = None,
+                            workers=None) -> Tuple[Findings, List[CharacterizedNodule]]:
     """:func:`characterize` that also returns each characterized finding's mask.
 
-    ``candidate_ids`` overrides the selection (:func:`selected_for_characterization`).
+    ``candidate_ids`` overrides the selection (:func:`selected_for_characterization`);
+    ``workers``: a :class:`~.parallel.CharacterizationWorkers` that shares the candidates out
+    (same results as without it).
     """
+
     t0 = time.perf_counter()
     out = copy.deepcopy(findings)
     if candidate_ids is not None:
@@ -145,16 +166,16 @@ def characterize_with_masks(volume: Volume, findings: Findings,
     else:
         chosen = selected_for_characterization(out, min_score)
     results = []
-    for c in chosen:
-        try:
-            result = characterize_candidate(volume, c, lung_mask)
-        except (ValueError, RuntimeError, MemoryError) as exc:
+    outcomes = (workers.outcomes(volume, chosen, lung_mask) if workers is not None
+                else characterize_outcomes(volume, chosen, lung_mask))
+    for c, (status, value) in zip(chosen, outcomes):
+        if status != "ok":
             # One unmeasurable finding must not cost the scan its detections and exports.
-            log.warning("characterization of %s failed: %s", c.id, exc)
-            c.characterization = dict(_EMPTY, note=f"characterization failed: {exc}")
+            log.warning("characterization of %s failed: %s", c.id, value)
+            c.characterization = dict(_EMPTY, note=f"characterization failed: {value}")
             continue
-        c.characterization = result.characterization
-        results.append(result)
+        c.characterization = value.characterization
+        results.append(value)
     out.lung_rads = exam_lung_rads(out)
     out.timings_s = dict(out.timings_s, characterize=round(time.perf_counter() - t0, 3))
     return out, results
@@ -172,13 +193,13 @@ def characterize(volume: Volume, findings: Findings, lung_mask: Optional[Union[n
 
 
 def characterize_in_place(volume: Volume, findings: Findings,
-                          lung_mask: Optional[Union[np.ndarray, Volume]] = None) -> Optional[Volume]:
+                          lung_mask: Optional[Union[np.ndarray, Volume]] = None, workers=None) -> Optional[Volume]:
     """:func:`characterize` writing into ``findings`` itself: the batch runner's post-detection step.
 
     Returns the masks as :func:`label_volume` in ``volume``'s grid (for the DICOM SEG and the
     ``.seg.nrrd``), None when no finding was segmented.
     """
-    out, nodules = characterize_with_masks(volume, findings, lung_mask)
+    out, nodules = characterize_with_masks(volume, findings, lung_mask, workers=workers)
     for mine, theirs in zip(findings.candidates, out.candidates):
         mine.characterization = theirs.characterization
     findings.lung_rads = out.lung_rads

@@ -18,6 +18,8 @@ N processes (GPUs), one merged submission (:mod:`LesionDetectorLib.batch_shard`)
 """
 from __future__ import annotations
 
+import functools
+
 import argparse
 from pathlib import Path
 
@@ -81,6 +83,18 @@ def load_detector(model: str, device: str = "auto", batch_size=None):
     return Detector.from_pretrained(model, device=device, batch_size=batch_size)
 
 
+def load_preprocessing(model: str):
+    """The model card's preprocessing, read without torch (the runner's prefetch), or None."""
+    from ..errors import ModelError
+    from ..preprocess import card_preprocessing
+    from ..resources import resolve_model_dir
+
+    try:
+        return card_preprocessing(resolve_model_dir(model) / "model.json")
+    except ModelError:
+        return None   # the detector's loading reports it
+
+
 def options_from_args(args) -> BatchOptions:
     formats = args.format if isinstance(args.format, list) else parse_formats(args.format)
     return BatchOptions(formats=formats, overwrite=args.overwrite, series_uid=args.series_uid,
@@ -88,19 +102,31 @@ def options_from_args(args) -> BatchOptions:
                         max_candidates=args.max_candidates, allow_non_ct=args.allow_non_ct)
 
 
-def characterization_step(volume, findings):
+def characterization_step(volume, findings, workers=None):
     """The post-detection step: characterize in place and hand the masks to the exporters
-    (``nodule_masks.seg.nrrd``, DICOM SEG)."""
+    (``nodule_masks.seg.nrrd``, DICOM SEG); ``workers`` share the candidates out."""
     from ..characterization import characterize_in_place
 
-    return {"masks": characterize_in_place(volume, findings)}
+    return {"masks": characterize_in_place(volume, findings, workers=workers)}
 
 
-def post_detection_steps(args):
+def post_detection_steps(args, workers=None):
     """Characterization runs by default (``--no-characterize`` skips it)."""
     if getattr(args, "no_characterize", False):
         return ()
-    return (characterization_step,)
+    if workers is None:
+        return (characterization_step,)
+    return (functools.partial(characterization_step, workers=workers),)
+
+
+def characterization_workers(args, shard):
+    """Worker processes for characterization, started now so that their imports overlap detection;
+    None without characterization, under torchrun (the ranks already share the cores) or on one core."""
+    if getattr(args, "no_characterize", False) or shard is not None:
+        return None
+    from ..characterization.parallel import CharacterizationWorkers, default_worker_count
+
+    return CharacterizationWorkers() if default_worker_count() else None
 
 
 def run(args) -> int:
@@ -117,11 +143,16 @@ def run(args) -> int:
             device = shard.device(args.device)
             if device == "cpu":
                 torch.set_num_threads(shard.cpu_threads())
+        workers = None
         try:
+            workers = characterization_workers(args, shard)
             runner = ScanBatchRunner(args.out, options_from_args(args),
                                      lambda: load_detector(args.model, device, args.batch_size), sink,
-                                     post_detection=post_detection_steps(args), shard=shard)
+                                     post_detection=post_detection_steps(args, workers), shard=shard,
+                                     preprocessing_factory=lambda: load_preprocessing(args.model))
             return runner.run(args.inputs)
         finally:
+            if workers is not None:
+                workers.close()
             close_shard(shard)
     return run_with_progress(sink, work)

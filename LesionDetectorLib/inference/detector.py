@@ -36,6 +36,8 @@ from ..findings import Candidate, Findings
 from .patient_flag import DEFAULT_OPERATING_POINT, patient_flag, patient_probability, resolve_operating_point
 from .progress import CancelToken, ProgressCallback, StageTimer, report
 
+from ..resources import resolve_model_dir  # noqa: F401 - re-exported: callers import it from here
+
 log = logging.getLogger("lesion-detector.inference")
 
 DEFAULT_OVERLAP = 32
@@ -53,25 +55,6 @@ def _op_backend() -> str:
         return str(backend_info())
     except Exception as exc:  # noqa: BLE001 - provenance must never stop detection
         return f"unknown ({type(exc).__name__}: {exc})"
-
-
-def resolve_model_dir(name_or_dir: Union[str, os.PathLike]) -> Path:
-    """A directory holding ``model.json`` + weights, or the name of a bundled model."""
-    path = Path(name_or_dir)
-    if path.is_dir():
-        return path
-    from ..resources import models_root
-
-    try:
-        root = models_root()
-    except FileNotFoundError as exc:
-        raise ModelError(f"model {str(name_or_dir)!r} is not a directory and no bundled models exist: {exc}") from exc
-    bundled = root / str(name_or_dir)
-    if bundled.is_dir():
-        return bundled
-    available = sorted(p.name for p in root.iterdir() if (p / "model.json").is_file()) if root.is_dir() else []
-    raise ModelError(f"model {str(name_or_dir)!r} is neither a model directory nor a bundled model "
-                     f"(bundled: {', '.join(available) or 'none'})")
 
 
 def _series_uid(volume: Volume) -> Optional[str]:
@@ -188,17 +171,19 @@ class Detector:
     def __call__(self, volume: Union[Volume, str, os.PathLike], progress: Optional[ProgressCallback] = None,
                  cancel: Optional[CancelToken] = None, lung_mask: Optional[Union[np.ndarray, Volume]] = None,
                  operating_point: str = DEFAULT_OPERATING_POINT, min_score: Optional[float] = None,
-                 max_candidates: Optional[int] = DEFAULT_MAX_CANDIDATES) -> Findings:
+                 max_candidates: Optional[int] = DEFAULT_MAX_CANDIDATES, prepared=None) -> Findings:
         """Detect lesions in ``volume`` (a :class:`Volume` or a path ``read_volume`` accepts).
 
         ``lung_mask``: optional bool array in the volume's grid or a label Volume (LUNA16
         ``seg-lungs``); ``min_score``: listing floor (default 0.269, lowered to the operating
-        point's threshold); ``max_candidates``: keep the top N (None = all).
+        point's threshold); ``max_candidates``: keep the top N (None = all); ``prepared``: a
+        :class:`~LesionDetectorLib.preprocess.Prepared` input of this ``volume`` and ``lung_mask``
+        made ahead of time, used when it was made with this card's preprocessing.
 
         Raises ``NoLungsFoundError`` (no lungs), ``CancelledError`` (``cancel.cancel()``
         was called), ``ValueError`` (unknown operating point), ``ModelError``.
         """
-        from ..preprocess import PAD_HU, normalize_hu
+        from ..preprocess import PAD_HU, Preprocessing, normalize_hu
 
         timer = StageTimer()
         token = cancel or CancelToken()
@@ -214,10 +199,17 @@ class Detector:
             report(progress, "read", 1, 1)
         token.raise_if_cancelled()
 
-        with timer.stage("preprocess"):
+        prefetched = prepared is not None and prepared.preprocessing == Preprocessing.from_card(self.card)
+        if prefetched:
             report(progress, "preprocess", 0, 1)
-            pre = self.preprocess(volume, lung_mask)
+            pre = prepared.result
+            timer.add("preprocess", prepared.seconds)
             report(progress, "preprocess", 1, 1)
+        else:
+            with timer.stage("preprocess"):
+                report(progress, "preprocess", 0, 1)
+                pre = self.preprocess(volume, lung_mask)
+                report(progress, "preprocess", 1, 1)
         token.raise_if_cancelled()
 
         with timer.stage("model"):
@@ -256,7 +248,8 @@ class Detector:
                       "amp": result.precision != "fp32", "precision": result.precision,
                       "score_fusion": self.settings.fusion.to_dict(),
                       "tile": list(result.tile), "overlap": self.overlap, "n_tiles": result.n_tiles,
-                      "n_tiles_planned": result.n_tiles_planned, "notes": list(result.notes)}
+                      "n_tiles_planned": result.n_tiles_planned, "notes": list(result.notes),
+                      "preprocess_prefetched": bool(prefetched)}
         findings = Findings(candidates=candidates, patient_flag=flag, model=self.model_identity,
                             volume=volume_identity(volume), provenance=provenance,
                             operating_point={"name": op["name"], "threshold": op["threshold"],

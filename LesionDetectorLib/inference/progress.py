@@ -57,6 +57,11 @@ class StageTimer:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
+    def add(self, name: str, seconds: float) -> None:
+        """Seconds of a stage done elsewhere (ahead of time, in another thread): they count for the
+        stage, not for ``total``, which stays this timer's wall clock."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
+
     def as_dict(self, stages=("read", "preprocess", "model", "postprocess")) -> Dict[str, float]:
         out = {name: round(self.seconds.get(name, 0.0), 4) for name in stages}
         out["total"] = round(time.perf_counter() - self._t0, 4)

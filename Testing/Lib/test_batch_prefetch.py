@@ -35,3 +35,55 @@ def test_next_scan_is_read_while_this_one_is_detected(tmp_path, monkeypatch):
     assert order == ["a", "c"]                    # b failed to read, c still ran, in order
     assert read_ahead == {"a": True, "c": True}
     assert code == 1 and all(e.is_set() for e in read_started.values())
+
+
+def test_each_scan_is_preprocessed_in_the_background_with_the_cards_preprocessing(tmp_path):
+    """With a preprocessing factory the runner preprocesses a scan as soon as it is read and checked
+    (while the model loads), and the Detector uses that input: the same findings as preprocessing
+    it itself."""
+    import json
+
+    import numpy as np
+
+    from LesionDetectorLib.data.synthetic import generate_scan
+    from LesionDetectorLib.inference import Detector
+    from LesionDetectorLib.io import write_volume
+    from LesionDetectorLib.preprocess import Prepared, card_preprocessing
+    from LesionDetectorLib.resources import resolve_model_dir
+
+    scan = generate_scan(2, 0, size="small", confusers=False)
+    path = tmp_path / "scan.mha"
+    write_volume(scan.to_volume(), path)
+    card = resolve_model_dir("luna16-synthetic") / "model.json"
+    seen = {}
+
+    class Recording(Detector):
+        def __call__(self, volume, *args, prepared=None, **kwargs):
+            seen.setdefault("prepared", []).append(prepared)
+            return super().__call__(volume, *args, prepared=prepared, **kwargs)
+
+    def factory():
+        det = Detector.from_pretrained("luna16-synthetic", device="cpu", precision="fp32")
+        return Recording(det.model, det.card, device="cpu", precision="fp32")
+
+    outs = {}
+    for name, prep in (("prefetched", lambda: card_preprocessing(card)), ("inline", None)):
+        runner = ScanBatchRunner(tmp_path / name, BatchOptions(formats=("json",)), detector_factory=factory,
+                                 preprocessing_factory=prep)
+        assert runner.run([str(path)]) == 0
+        outs[name] = json.loads(next((tmp_path / name).glob("*/findings.json")).read_text())
+    first, second = seen["prepared"]
+    assert isinstance(first, Prepared) and first.preprocessing == card_preprocessing(card) and second is None
+    assert outs["prefetched"]["provenance"]["preprocess_prefetched"] is True
+    assert outs["inline"]["provenance"]["preprocess_prefetched"] is False
+    marks = {k: np.array([c["center_lps"] + [c["score"]] for c in v["candidates"]]) for k, v in outs.items()}
+    assert marks["prefetched"].shape == marks["inline"].shape and len(marks["inline"])
+    assert np.allclose(marks["prefetched"], marks["inline"])
+
+
+def test_a_card_that_cannot_be_read_means_no_prefetch(tmp_path):
+    from LesionDetectorLib.preprocess import card_preprocessing
+
+    bad = tmp_path / "model.json"
+    bad.write_text("{not json")
+    assert card_preprocessing(bad) is None and card_preprocessing(tmp_path / "missing.json") is None

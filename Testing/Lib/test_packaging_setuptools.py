@@ -66,7 +66,7 @@ def test_wheel_builds_without_isolation(tmp_path, setuptools_version, slicer):
     assert any(n.endswith(".dist-info/LICENSE") or n.endswith("licenses/LICENSE") for n in names)
     assert "LesionDetectorLib/cli/main.py" in names
     assert any(n.startswith("LesionDetectorLib/_resources/Models/") and n.endswith("model.safetensors") for n in names)
-    assert "lesion-detector = LesionDetectorLib.cli.main:main" in entry_points
+    assert "lesion-detector = LesionDetectorLib.cli.main:console_main" in entry_points
 
 
 def test_current_setuptools_writes_a_license_expression(tmp_path):

@@ -1,0 +1,160 @@
+"""Characterization of one scan's candidates in worker processes, beside the calling process.
+
+Segmenting and measuring a candidate is scipy and numpy work that holds the GIL (distance
+transforms, labelling), so threads do not run it side by side; processes do. After detection
+the model's threads are idle, so on 2 CPU cores one worker halves the characterization of the
+10 findings of a chest CT (docs/benchmarks.md).
+
+* Workers are started with ``spawn`` (never ``fork``: the parent holds torch's and ITK's thread
+  pools) when :class:`CharacterizationWorkers` is made, so their imports (numpy, scipy,
+  SimpleITK; not torch) overlap the detection that comes first.
+* The scan's voxels travel once per scan through one shared-memory block, not once per task.
+* The workers take candidates from the lowest rank up, the caller from the highest down, until
+  they meet; the results come back in the caller's order and are
+  exactly the serial results (same code, same inputs).
+* A worker that dies or cannot be reached (``BrokenProcessPool``, a pickling error) is not an
+  error of the scan: its share is characterized here, and the pool is not used again.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import characterize_outcomes
+
+log = logging.getLogger("lesion-detector.characterization")
+
+#: What a task returns per candidate: ``("ok", CharacterizedNodule)`` or ``("error", message)``.
+Outcome = Tuple[str, Any]
+
+_attached: dict = {}   # in a worker: the current scan's shared block and Volume
+
+
+def default_worker_count() -> int:
+    """One process per core beyond the caller's, at most 3 (10 findings are split 4 ways then)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(cores - 1, 3))
+
+
+def _warm() -> None:
+    # Import the characterization stack now, while the parent reads and preprocesses. (Not at a
+    # lower priority: a worker cannot raise it again, and the parent's idle OpenMP threads spin
+    # for a while after the model, which starved a nice +10 worker in its characterization.)
+    from . import characterize_candidate  # noqa: F401 - imported for its side effect
+
+
+def _worker_task(block: str, shape, dtype: str, geometry: dict, candidates: Sequence) -> List[Outcome]:
+    from multiprocessing import shared_memory
+
+    from ..volume import Volume
+
+    if _attached.get("name") != block:
+        old = _attached.pop("shm", None)
+        if old is not None:
+            old.close()
+        # track=False (Python 3.13+): the parent owns and unlinks the block.
+        try:
+            shm = shared_memory.SharedMemory(name=block, track=False)
+        except TypeError:
+            shm = shared_memory.SharedMemory(name=block)
+            try:   # before 3.13 an attaching process also registers the block; the parent unlinks it
+                from multiprocessing import resource_tracker
+
+                resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
+            except Exception:  # noqa: BLE001 - only a spurious warning at exit is at stake
+                pass
+        array = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
+        array.flags.writeable = False
+        _attached.update(name=block, shm=shm, volume=Volume(array=array, **geometry))
+    return characterize_outcomes(_attached["volume"], candidates)
+
+
+class CharacterizationWorkers:
+    """A small pool of characterization processes for a run of scans (close it, or use ``with``)."""
+
+    def __init__(self, n_workers: Optional[int] = None) -> None:
+        self.n_workers = default_worker_count() if n_workers is None else max(0, int(n_workers))
+        self._pool: Optional[ProcessPoolExecutor] = None
+        if self.n_workers:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.n_workers, mp_context=ctx, initializer=_warm)
+            for _ in range(self.n_workers):   # start them (the pool spawns lazily) and let them import
+                self._pool.submit(_warm)
+
+    @property
+    def usable(self) -> bool:
+        return self._pool is not None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "CharacterizationWorkers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def outcomes(self, volume, candidates: Sequence, lung_mask=None) -> List[Outcome]:
+        """One outcome per candidate, in order; the serial loop's results.
+
+        Every candidate is a task, queued from the lowest rank up; this process takes candidates
+        from the highest rank down, each one whose task it can still cancel, so the two ends meet
+        wherever the per-candidate times put them."""
+        candidates = list(candidates)
+        if not self.usable or len(candidates) < 2 or lung_mask is not None:
+            # A supplied lung mask stays on the serial path (the CLI's characterization has none).
+            return characterize_outcomes(volume, candidates, lung_mask)
+        from multiprocessing import shared_memory
+
+        array = np.ascontiguousarray(volume.array)
+        shm = shared_memory.SharedMemory(create=True, size=max(array.nbytes, 1))
+        futures: List[Optional[Future]] = [None] * len(candidates)
+        try:
+            np.ndarray(array.shape, dtype=array.dtype, buffer=shm.buf)[...] = array
+            geometry = {"spacing": volume.spacing, "origin": volume.origin, "direction": volume.direction,
+                        "metadata": dict(volume.metadata)}
+            for i, c in enumerate(candidates):
+                try:
+                    futures[i] = self._pool.submit(_worker_task, shm.name, array.shape, array.dtype.str,
+                                                   geometry, [c])
+                except Exception as exc:  # noqa: BLE001 - a broken pool: this process does the rest
+                    log.warning("characterization worker unavailable (%s); characterizing here", exc)
+                    self._drop_pool()
+                    break
+            results: List[Optional[Outcome]] = [None] * len(candidates)
+            for i in range(len(candidates) - 1, -1, -1):
+                fut = futures[i]
+                if fut is None or fut.cancel():
+                    results[i] = characterize_outcomes(volume, [candidates[i]])[0]
+            for i, fut in enumerate(futures):
+                if results[i] is not None:
+                    continue
+                try:
+                    results[i] = fut.result()[0]
+                except Exception as exc:  # noqa: BLE001 - the worker died, not the candidate
+                    log.warning("characterization worker failed (%s: %s); characterizing here",
+                                type(exc).__name__, exc)
+                    self._drop_pool()
+                    results[i] = characterize_outcomes(volume, [candidates[i]])[0]
+            return results   # type: ignore[return-value]
+        finally:
+            for fut in futures:
+                if fut is not None:
+                    fut.cancel()
+            shm.close()
+            shm.unlink()
+
+    def _drop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
