@@ -14,7 +14,10 @@ Method (all on a coarse ~4 mm grid, so a full-size pair takes seconds):
 5. optionally a **B-spline** stage (``bspline=True``, ~60 mm control grid) on intensities for
    non-rigid breathing differences.
 
-Each stage is multi-resolution (shrink 4-2-1 or 2-1). The result maps points both ways; ITK's
+Each stage is multi-resolution (shrink 4-2-1 or 2-1), its optimizer's steps bounded in mm
+(:data:`MAX_STEP_MM`), and it is kept only when it lowers its own metric (evaluated on all voxels)
+below that of the transform it started from; otherwise that transform goes on to the next stage
+(``quality["rejected_stages"]``). The result maps points both ways; ITK's
 transform maps *current* (fixed) points to *prior* (moving) points, so prior -> current uses
 its inverse (exact for the linear stages, fixed-point iteration with the B-spline).
 
@@ -45,6 +48,16 @@ GRID_MM = 4.0         # as accurate as 3 mm on the synthetic pairs (benchmarks/b
 SDM_CLAMP_MM = 30.0
 HU_RANGE = (-1000.0, 200.0)
 METRIC_MARGIN_MM = 10.0
+#: Largest move of any point in one optimizer step (mm). The regular-step optimizer's own step
+#: length is in *parameter* units (the norm of the scaled gradient), so when an affine matrix entry
+#: dominated the gradient, one step changed it by up to ~2: a full-size pair went from a z scale of
+#: 0.96 to 0.41 in its first affine step (~90 mm at the lung apex) and never came back (71 mm
+#: error at its nodules). The learning rate is therefore estimated from the physical shift of the
+#: first step of each level.
+MAX_STEP_MM = 2.0
+#: The optimizer stops when its (relaxed) step falls below this, in the learning rate's units
+#: (about 1 % of the estimated first step at the coarsest level; 0.02 stopped too early there).
+MIN_STEP = 5e-4
 
 
 @dataclass
@@ -121,8 +134,10 @@ def _method(shrink, smooth, iterations: int, seed: int, sampling: float) -> sitk
     r.SetShrinkFactorsPerLevel(list(shrink))
     r.SetSmoothingSigmasPerLevel(list(smooth))
     r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    r.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.02, numberOfIterations=iterations,
-                                               relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    r.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=MIN_STEP, numberOfIterations=iterations,
+                                               relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6,
+                                               estimateLearningRate=r.Once,
+                                               maximumStepSizeInPhysicalUnits=MAX_STEP_MM)
     r.SetOptimizerScalesFromPhysicalShift()
     return r
 
@@ -154,6 +169,39 @@ def _register(fixed, moving, initial, shrink, smooth, iterations, metric: str, f
     return r.Execute(fixed, moving)
 
 
+def _metric_value(fixed, moving, transform, metric: str, fixed_mask=None) -> float:
+    """The stage's metric at ``transform`` on every voxel of ``fixed`` (under ``fixed_mask``)."""
+    r = sitk.ImageRegistrationMethod()
+    if metric == "mattes":
+        r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    else:
+        r.SetMetricAsMeanSquares()
+    r.SetMetricSamplingStrategy(r.NONE)
+    r.SetInterpolator(sitk.sitkLinear)
+    if fixed_mask is not None:
+        r.SetMetricFixedMask(fixed_mask)
+    r.SetInitialTransform(transform, inPlace=False)
+    try:
+        return float(r.MetricEvaluate(fixed, moving))
+    except RuntimeError:          # too few voxels map into the moving image
+        return float("inf")
+
+
+def _stage(name: str, fixed, moving, initial, shrink, smooth, iterations, metric: str, fixed_mask, seed: int,
+           rejected: list) -> sitk.Transform:
+    """One stage, kept only when it lowers its metric (on all voxels) below the transform it started from;
+    otherwise that transform goes on (and the stage is listed in ``rejected``)."""
+    result = _single(_register(fixed, moving, initial, shrink, smooth, iterations, metric, fixed_mask, seed))
+    before = _metric_value(fixed, moving, initial, metric, fixed_mask)
+    after = _metric_value(fixed, moving, result, metric, fixed_mask)
+    if after <= before:
+        return result
+    log.warning("lung registration: the %s stage raised its metric (%.4g -> %.4g); its start is kept", name,
+                before, after)
+    rejected.append({"stage": name, "metric_before": round(before, 5), "metric_after": round(after, 5)})
+    return initial
+
+
 def register_lungs(prior: Volume, current: Volume, *, grid_mm: float = GRID_MM, bspline: bool = False,
                    prior_mask: Optional[Volume] = None, current_mask: Optional[Volume] = None,
                    seed: int = 1) -> Registration:
@@ -172,15 +220,17 @@ def register_lungs(prior: Volume, current: Volume, *, grid_mm: float = GRID_MM, 
                                              sitk.Euler3DTransform(),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
     shape_mask = _within(fixed_sdm, SDM_CLAMP_MM - 2.0)
-    rigid = _register(fixed_sdm, moving_sdm, init, (4, 2, 1), (6.0, 3.0, 0.0), 100, "meansquares", shape_mask, seed)
-    affine = _register(fixed_sdm, moving_sdm, _affine_from(_single(rigid)), (2, 1), (3.0, 0.0), 100,
-                       "meansquares", shape_mask, seed)
+    rejected: list = []
+    rigid = _stage("rigid", fixed_sdm, moving_sdm, init, (4, 2, 1), (6.0, 3.0, 0.0), 100, "meansquares", shape_mask,
+                   seed, rejected)
+    affine = _stage("affine (lung shape)", fixed_sdm, moving_sdm, _affine_from(rigid), (2, 1), (3.0, 0.0), 100,
+                    "meansquares", shape_mask, seed, rejected)
     fixed_i, moving_i = _intensity_image(current, grid_mm), _intensity_image(prior, grid_mm)
     lung_near = sitk.Resample(_within(fixed_sdm, METRIC_MARGIN_MM), fixed_i, sitk.Transform(),
                               sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    refined = _register(fixed_i, moving_i, _affine_from(_single(affine)), (2, 1), (2.0, 0.0), 100, "mattes",
-                        lung_near, seed)
-    transform: sitk.Transform = _affine_from(_single(refined))
+    refined = _stage("affine (intensity)", fixed_i, moving_i, _affine_from(affine), (2, 1), (2.0, 0.0), 100, "mattes",
+                     lung_near, seed, rejected)
+    transform: sitk.Transform = _affine_from(refined)
     stages = ["rigid", "affine (lung shape)", "affine (intensity)"]
     if bspline:
         mesh = [max(1, int(round(sz * sp / 60.0))) for sz, sp in zip(fixed_i.GetSize(), fixed_i.GetSpacing())]
@@ -205,7 +255,7 @@ def register_lungs(prior: Volume, current: Volume, *, grid_mm: float = GRID_MM, 
         stages.append("b-spline (intensity)")
     t_reg = time.perf_counter()
 
-    quality = {"method": " -> ".join(stages), "grid_mm": grid_mm,
+    quality = {"method": " -> ".join(stages), "grid_mm": grid_mm, "rejected_stages": rejected,
                "after": surface_residual(fixed_m, moving_m, transform),
                "initial": surface_residual(fixed_m, moving_m, sitk.Transform())}
     quality.update({k: quality["after"][k] for k in ("surface_mean_mm", "surface_p95_mm", "surface_max_mm", "dice")})

@@ -1,6 +1,7 @@
 """Synthetic follow-up pairs and the lung registration (small ~2 mm scans, a few seconds)."""
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from LesionDetectorLib.coordinates import world_to_index
 from LesionDetectorLib.data.synthetic_followup import generate_followup, truth_findings
@@ -74,3 +75,40 @@ def test_scan_without_lungs_is_refused(rigid_pair):
     soft = Volume(np.full((40, 60, 60), 40.0, np.float32), (4.0, 4.0, 4.0), (0, 0, 0), np.eye(3))
     with pytest.raises(NoLungsFoundError):
         register_lungs(soft, rigid_pair.current)
+
+
+def test_affine_steps_are_bounded_in_mm():
+    """Regression: the optimizer's step was in parameter units, so an affine matrix entry that
+    dominated the gradient moved by up to ~2 in one step (a full-size pair's z scale went from 0.96
+    to 0.41, 71 mm error at its nodules). On this small pair the x scale came out 1.07 (12.5 mm)."""
+    p = generate_followup(101, 0, "small")
+    r = register_lungs(p.prior, p.current)
+    pts = np.array([t["prior_center_lps"] for t in p.truth if t["prior_center_lps"] is not None])
+    err = np.linalg.norm(r.prior_to_current(pts) - p.prior_to_current(pts), axis=1)
+    assert err.max() < 1.5, err
+    true_scale = np.sort(np.linalg.svd(p.prior_to_current_matrix[:3, :3], compute_uv=False))
+    assert np.allclose(np.sort(r.quality["transform"]["scale"]), true_scale, atol=0.02)
+    assert r.quality["rejected_stages"] == []
+
+
+def test_a_stage_that_raises_its_metric_is_not_kept(rigid_pair, monkeypatch):
+    from LesionDetectorLib.followup import registration as reg_module
+
+    real = reg_module._register
+
+    def broken_affine(fixed, moving, initial, *args, **kwargs):
+        out = reg_module._single(real(fixed, moving, initial, *args, **kwargs))
+        if initial.GetName() == "AffineTransform" and args[3] == "meansquares":
+            bad = sitk.AffineTransform(out)
+            bad.SetMatrix(tuple((np.array(bad.GetMatrix()).reshape(3, 3) @ np.diag([1.0, 1.0, 0.6])).ravel()))
+            return bad
+        return out
+
+    monkeypatch.setattr(reg_module, "_register", broken_affine)
+    r = register_lungs(rigid_pair.prior, rigid_pair.current)
+    assert [s["stage"] for s in r.quality["rejected_stages"]] == ["affine (lung shape)"]
+    s = r.quality["rejected_stages"][0]
+    assert s["metric_after"] > s["metric_before"]
+    pts = np.array([t["prior_center_lps"] for t in rigid_pair.truth if t["prior_center_lps"] is not None])
+    err = np.linalg.norm(r.prior_to_current(pts) - rigid_pair.prior_to_current(pts), axis=1)
+    assert err.max() < 2.0, err
