@@ -20,6 +20,10 @@ characterization package exactly as ``lesion-detector compare`` does. Reported:
   < 1.5 mm and |d volume| < 15 %; with ``--real-ct`` (a folder holding pyradiomics'
   ``lung1_image.nrrd`` / ``lung1_label.nrrd``, see ``bench_real_ct.py``) also on those real
   scans, their labelled lesion as the finding.
+
+A nodule whose true centre lies outside the current scan (the current field of view is trimmed
+in z) counts as absent there, and is left out of the self-match rows; the ids are listed
+(``outside_current_fov``, ``outside_copy_fov``).
 """
 from __future__ import annotations
 
@@ -100,11 +104,34 @@ def registration_error(pair, doc_reg):
     return np.linalg.norm(doc_reg.prior_to_current(pts) - pair.prior_to_current(pts), axis=1) if len(pts) else np.zeros(0)
 
 
-def self_match(prior_volume, prior_findings, moved_volume, moved_findings):
+def drop_outside_current(pair) -> list:
+    """Ids of the nodules whose true current centre lies outside the current scan (its field of view
+    is trimmed in z, so a nodule near the prior's end can be cut off); they count as absent from
+    the current scan (their current centre and diameter become None). Returns those ids."""
+    from LesionDetectorLib.coordinates import world_to_index
+
+    shape = np.asarray(pair.current.array.shape)
+    out = []
+    for t in pair.truth:
+        c = t["current_center_lps"]
+        if c is None:
+            continue
+        idx = world_to_index(pair.current, np.asarray(c, float)[None])[0]
+        if np.any(idx < 0) or np.any(idx > shape - 1):
+            t["current_center_lps"], t["current_diameter_mm"] = None, None
+            out.append(t["id"])
+    return out
+
+
+def self_match(prior_volume, prior_findings, moved_volume, moved_findings, skip_ids=()):
+    """Rows of the rigid-copy comparison; ``skip_ids``: prior findings the copy does not show (outside
+    its field of view), left out of the rows."""
     doc = compare(prior_volume, moved_volume, prior_findings, moved_findings, interval_days=365)
     out = []
     for p in doc["pairs"]:
         cur, pri = p["current"], p["prior"]
+        if (cur or pri)["id"] in skip_ids:
+            continue
         same = bool(cur and pri and cur["id"] == pri["id"])
         out.append({"id": (cur or pri)["id"], "status": p["status"], "same": same,
                     "d_diameter_mm": p["diameter_change_mm"], "d_volume_pct": p["volume_change_pct"],
@@ -195,6 +222,7 @@ def summarize(state, args) -> dict:
         "registration_point_error_mm": {"mean": float(np.mean(reg_err)), "p95": float(np.percentile(reg_err, 95)),
                                         "max": float(np.max(reg_err))},
         "surface_mean_mm": float(np.mean(state["surface"])),
+        "outside_current_fov": state.get("outside_current_fov"), "outside_copy_fov": state.get("outside_copy_fov"),
         "registration_s": float(np.mean(state.get("reg_times") or [np.nan])),
         "characterize_s_per_finding": (sum(t for t, _ in CHAR_TIMES) / max(sum(n for _, n in CHAR_TIMES), 1)
                                        if CHAR_TIMES else None),
@@ -227,8 +255,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     right = items = 0
     growth_rows, reg_err, surf, self_rows, reg_times = [], [], [], [], []
+    outside, outside_self = [], []           # nodules outside the current scan's field of view
     for k in range(args.pairs):
         pair = generate_followup(args.seed + k, 0, args.size)
+        outside += [f"pair {k}: {i}" for i in drop_outside_current(pair)]
         reg = register_lungs(pair.prior, pair.current)
         reg_times.append(reg.quality["timings_s"]["total"])
         doc = compare(pair.prior, pair.current, _measured(pair.prior, truth_findings(pair, "prior")),
@@ -239,8 +269,10 @@ def main(argv=None) -> int:
         reg_err += registration_error(pair, reg).tolist()
         surf.append(reg.quality["surface_mean_mm"])
         rigid = generate_followup(args.seed + k, 0, args.size, changes=[], breath_hold=False)
+        cut = drop_outside_current(rigid)
+        outside_self += [f"pair {k}: {i}" for i in cut]
         rows_self, _ = self_match(rigid.prior, _measured(rigid.prior, truth_findings(rigid, "prior")), rigid.current,
-                                  _measured(rigid.current, truth_findings(rigid, "current")))
+                                  _measured(rigid.current, truth_findings(rigid, "current")), skip_ids=cut)
         self_rows += rows_self
         print(f"pair {k}: matched {r}/{n}, growth status right {sum(g['status'] == g['true_status'] for g in rows)}"
               f"/{len(rows)}, self-match ok {sum(x['ok'] for x in rows_self)}/{len(rows_self)} "
@@ -248,10 +280,12 @@ def main(argv=None) -> int:
         if args.json:
             args.json.write_text(json.dumps({"done_pairs": k + 1, "right": right, "items": items,
                                              "growth_rows": growth_rows, "self_rows": self_rows,
-                                             "reg_err": reg_err, "surface": surf, "reg_times": reg_times},
+                                             "reg_err": reg_err, "surface": surf, "reg_times": reg_times,
+                                             "outside_current_fov": outside, "outside_copy_fov": outside_self},
                                             indent=1, default=float))
     state = {"done_pairs": args.pairs, "right": right, "items": items, "growth_rows": growth_rows,
-             "self_rows": self_rows, "reg_err": reg_err, "surface": surf, "reg_times": reg_times}
+             "self_rows": self_rows, "reg_err": reg_err, "surface": surf, "reg_times": reg_times,
+             "outside_current_fov": outside, "outside_copy_fov": outside_self}
     summary = summarize(state, args)
     summary["real_ct_self_match"] = real_ct_self_match(args.real_ct, np.random.default_rng(args.seed)) \
         if args.real_ct else []
