@@ -1,4 +1,5 @@
-"""Characterization of one scan's candidates in worker processes, beside the calling process.
+"""Characterization of one scan's candidates in worker processes, beside the calling process
+(and, through :attr:`CharacterizationWorkers.executor`, the scan's DICOM SR).
 
 Segmenting and measuring a candidate is scipy and numpy work that holds the GIL (distance
 transforms, labelling), so threads do not run it side by side; processes do. After detection
@@ -49,6 +50,11 @@ def _warm() -> None:
     # lower priority: a worker cannot raise it again, and the parent's idle OpenMP threads spin
     # for a while after the model, which starved a nice +10 worker in its characterization.)
     from . import characterize_candidate  # noqa: F401 - imported for its side effect
+    try:   # the DICOM SR writer may run here too (batch.write_exports' background)
+        from ..export import dicom_sr  # noqa: F401
+        import highdicom  # noqa: F401
+    except ImportError:
+        pass
 
 
 def _worker_task(block: str, shape, dtype: str, geometry: dict, candidates: Sequence) -> List[Outcome]:
@@ -60,17 +66,9 @@ def _worker_task(block: str, shape, dtype: str, geometry: dict, candidates: Sequ
         old = _attached.pop("shm", None)
         if old is not None:
             old.close()
-        # track=False (Python 3.13+): the parent owns and unlinks the block.
-        try:
-            shm = shared_memory.SharedMemory(name=block, track=False)
-        except TypeError:
-            shm = shared_memory.SharedMemory(name=block)
-            try:   # before 3.13 an attaching process also registers the block; the parent unlinks it
-                from multiprocessing import resource_tracker
-
-                resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
-            except Exception:  # noqa: BLE001 - only a spurious warning at exit is at stake
-                pass
+        # Attaching registers the block with the resource tracker that spawned workers share with
+        # the parent (a set: the parent's registration already holds the name); the parent unlinks it.
+        shm = shared_memory.SharedMemory(name=block)
         array = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
         array.flags.writeable = False
         _attached.update(name=block, shm=shm, volume=Volume(array=array, **geometry))
@@ -93,10 +91,34 @@ class CharacterizationWorkers:
     def usable(self) -> bool:
         return self._pool is not None
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    @property
+    def executor(self) -> Optional[ProcessPoolExecutor]:
+        """The worker pool for other post-detection work of the scan (the DICOM SR), or None."""
+        return self._pool
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers. ``wait=False`` ends them at once (SIGTERM) instead of letting each run
+        its interpreter's teardown (~0.5-1 s): for a process that is about to end. Ending the parent
+        alone would not do: a pool worker holds its task queue's write end itself, never sees the
+        end of it, and would keep the parent's stdout open forever."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # (the executor drops its process table in shutdown; the processes are taken first)
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            return
+        for proc in procs:
+            try:
+                proc.terminate()
+            except (OSError, AttributeError, ValueError):
+                pass
+        for proc in procs:
+            try:
+                proc.join(timeout=1.0)
+            except (OSError, AttributeError, ValueError, AssertionError):
+                pass
 
     def __enter__(self) -> "CharacterizationWorkers":
         return self
