@@ -28,20 +28,20 @@ from pathlib import Path
 _LIBRARY = None
 
 
-def _one(out: str, seed: int, index: int, size: str, subsets: int, lung_masks: bool):
+def _one(out: str, seed: int, index: int, size: str, subsets: int, lung_masks: bool, confusers: bool = True):
     from LesionDetectorLib.data.lidc_shapes import load_shape_library
     from LesionDetectorLib.data.synthetic import generate_scan, write_dataset_scan
 
     global _LIBRARY
     if _LIBRARY is None:
         _LIBRARY = load_shape_library()
-    scan = generate_scan(seed, index, size, _LIBRARY)
+    scan = generate_scan(seed, index, size, _LIBRARY, confusers=confusers)
     ann, exc, full = write_dataset_scan(Path(out), scan, index, subsets, lung_masks)
     return scan.series_uid, ann, exc, full, scan.info["timings_s"]["total"]
 
 
 def write_dataset_parallel(out: Path, n: int, seed: int, size: str = "full", subsets: int = 10,
-                           lung_masks: bool = True, workers: int = 1) -> dict:
+                           lung_masks: bool = True, workers: int = 1, confusers: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # One thread per worker: the generator's torch convolutions would otherwise oversubscribe.
@@ -50,7 +50,7 @@ def write_dataset_parallel(out: Path, n: int, seed: int, size: str = "full", sub
     # spawn, not fork: a parent that already ran torch / ITK (their thread pools) deadlocks forked children
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_one, [str(out)] * n, [seed] * n, range(n), [size] * n,
-                                [subsets] * n, [lung_masks] * n))
+                                [subsets] * n, [lung_masks] * n, [confusers] * n))
     from LesionDetectorLib.data.synthetic import write_dataset_lists
 
     # Lists last, as write_dataset does: a partial run leaves no list naming a missing scan.
@@ -65,8 +65,10 @@ def check_against_library(n: int = 2, seed: int = 5) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         a, b = Path(tmp) / "lib", Path(tmp) / "par"
-        write_dataset(a, n, seed, "small", subsets=2)
-        write_dataset_parallel(b, n, seed, "small", subsets=2, workers=2)
+        for confusers in (True, False):
+            sub_a, sub_b = a / str(confusers), b / str(confusers)
+            write_dataset(sub_a, n, seed, "small", subsets=2, confusers=confusers)
+            write_dataset_parallel(sub_b, n, seed, "small", subsets=2, workers=2, confusers=confusers)
         files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
         files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
         if files_a != files_b:
@@ -85,12 +87,15 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=("full", "small"), default="full")
     p.add_argument("--subsets", type=int, default=10)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--no-confusers", action="store_true",
+                   help="the generator without its confusers (as `lesion-detector synth --no-confusers`)")
     p.add_argument("--check", action="store_true", help="first compare with write_dataset on 2 small scans")
     args = p.parse_args(argv)
     if args.check:
         check_against_library()
     t0 = time.time()
-    summary = write_dataset_parallel(args.out, args.n, args.seed, args.size, args.subsets, workers=args.workers)
+    summary = write_dataset_parallel(args.out, args.n, args.seed, args.size, args.subsets, workers=args.workers,
+                                     confusers=not args.no_confusers)
     summary["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps(summary))
     return 0
