@@ -15,6 +15,7 @@ the model's threads are idle, so on 2 CPU cores one worker halves the characteri
   exactly the serial results (same code, same inputs).
 * A worker that dies or cannot be reached (``BrokenProcessPool``, a pickling error) is not an
   error of the scan: its share is characterized here, and the pool is not used again.
+* A worker ends itself when its parent is gone (a killed CLI cannot stop its pool).
 """
 from __future__ import annotations
 
@@ -43,6 +44,26 @@ def default_worker_count() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(0, min(cores - 1, 3))
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """Watch the parent from a daemon thread and end this worker when it is gone. A parent that is
+    killed (SIGKILL, a plain SIGTERM to its pid) cannot stop its pool, and a pool worker never sees
+    its task queue close (it holds the queue's write end itself): it would wait forever."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="lesion-detector-parent-watch", daemon=True).start()
+
+
+def _initialize(parent: int) -> None:
+    _exit_with_parent(parent)
+    _warm()
 
 
 def _warm() -> None:
@@ -83,7 +104,8 @@ class CharacterizationWorkers:
         self._pool: Optional[ProcessPoolExecutor] = None
         if self.n_workers:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.n_workers, mp_context=ctx, initializer=_warm)
+            self._pool = ProcessPoolExecutor(self.n_workers, mp_context=ctx, initializer=_initialize,
+                                             initargs=(os.getpid(),))
             for _ in range(self.n_workers):   # start them (the pool spawns lazily) and let them import
                 self._pool.submit(_warm)
 

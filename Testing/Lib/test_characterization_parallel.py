@@ -74,3 +74,33 @@ def test_characterize_with_workers_matches_without(scan_and_candidates):
         shared, masks2 = characterize_with_masks(volume, findings, workers=workers)
     assert [c.characterization for c in plain.candidates] == [c.characterization for c in shared.candidates]
     assert plain.lung_rads == shared.lung_rads and len(masks) == len(masks2)
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """A parent killed outright (SIGKILL: no chance to stop its pool) leaves no worker behind."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from LesionDetectorLib.characterization.parallel import CharacterizationWorkers\n"
+        "if __name__ == '__main__':\n"
+        "    w = CharacterizationWorkers(1)\n"
+        "    print(w.executor.submit(__import__('os').getpid).result(), flush=True)\n"
+        "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent by 10 s")
