@@ -8,7 +8,7 @@
 #   DRY_RUN=cpu OUT=/tmp/fake_out bash scripts/device/train_eval_bundle.sh   # plumbing check here
 #
 # Knobs (environment): TOTAL_S (550), TRAIN_MIN (3), FPRN_MIN (0: no FPRN phase), N_TRAIN (48),
-# N_VAL (8), N_TEST (24), BATCH (8), ITERS (100), PRESET (luna16), CROP (128), VERSION (1.2.0),
+# N_VAL (8), N_TEST (24), BATCH (8), ITERS (100), PRESET (luna16), CROP (128), VERSION (1.3.0), MAX_TILE (192: the card's inference.max_tile),
 # FROM (start; "bundle" reuses $WORK of an earlier call on the same machine and only bundles).
 set -u
 cd "$(dirname "$0")/../.."
@@ -29,7 +29,8 @@ else
     WORK=${WORK:-/tmp/ld_work}
     export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 fi
-VERSION=${VERSION:-1.2.0}
+VERSION=${VERSION:-1.3.0}
+MAX_TILE=${MAX_TILE:-192}
 # Seeds of the project's sets (docs/benchmarks.md): train 101, validation 202, test 303.
 SEED_TRAIN=101; SEED_VAL=202; SEED_TEST=303
 DATA=$WORK/data; RUN=$WORK/run; FPRN=$WORK/fprn; BUNDLE=$WORK/bundle/luna16-synthetic; REPORT=$WORK/report
@@ -122,7 +123,7 @@ use_op_env
 bundle() {
     stage "$1" $(( $(left) - 15 )) $PY scripts/build_bundled_model.py --run "$MODEL" --val "$DATA/val" \
         --test "$DATA/test" --out "$BUNDLE" --report "$REPORT" --work "$WORK/bundle-eval" --device $DEVICE \
-        --tile 128 --version "$VERSION" --fusions $2 \
+        --tile 128 --max-tile "$MAX_TILE" --version "$VERSION" --fusions $2 \
         --data-note "lesion-detector synth (scripts/device/synth_parallel.py): $N_TRAIN training scans (seed $SEED_TRAIN), $N_VAL validation scans (seed $SEED_VAL), $N_TEST test scans (seed $SEED_TEST), size $SIZE" \
         --training-note "script=scripts/device/train_eval_bundle.sh TRAIN_MIN=$TRAIN_MIN FPRN_MIN=$FPRN_MIN BATCH=$BATCH ITERS=$ITERS PRESET=$PRESET CROP=$CROP"
 }
