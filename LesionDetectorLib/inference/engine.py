@@ -160,7 +160,8 @@ class EngineSettings:
     ``max_tile`` (None: every tile is ``tile``) lets the engine fit the tile size to each image:
     the cheapest grid of equal tiles no larger than ``max_tile`` (see
     :func:`~.sliding_window.candidate_tile_sizes`), with the per-tile candidate caps scaled by
-    the tile's volume over ``tile``'s (:meth:`AggregatedFasterRCNN.test_budget`)."""
+    the tile's volume over ``tile``'s, at least 1 (:func:`candidate_budget`,
+    :meth:`AggregatedFasterRCNN.test_budget`)."""
     tile: Tuple[int, int, int] = (128, 128, 128)
     overlap: int = 32
     nms_iou: float = 0.1
@@ -292,7 +293,7 @@ class DetectionEngine:
                  precision: str) -> List[np.ndarray]:
         batch = torch.from_numpy(np.stack([extract_tile(image, t, pad_value) for t in tiles]))[:, None]
         batch = batch.to(device, non_blocking=True).contiguous(memory_format=memory_format_for(device))
-        budget = float(np.prod(tiles[0].size)) / float(np.prod(self.settings.tile))
+        budget = candidate_budget(tiles[0].size, self.settings.tile)
         with torch.inference_mode(), autocast_for(precision if device.type == self.device.type else "fp32", device), \
                 _test_budget(self.model, budget):
             outputs = self.model(batch)
@@ -338,6 +339,13 @@ class DetectionEngine:
             self._on_device_change(device)
         else:
             self.model = self.model.to(device=device, memory_format=memory_format_for(device))
+
+
+def candidate_budget(tile_size: Sequence[int], reference: Sequence[int]) -> float:
+    """How many reference tiles' worth of candidates a tile of ``tile_size`` gets: its volume over
+    the reference's, never less than one (a small image fitted into a small tile keeps the caps of
+    a whole reference tile instead of a few marks)."""
+    return max(1.0, float(np.prod(tile_size)) / float(np.prod(reference)))
 
 
 def _test_budget(model: torch.nn.Module, scale: float):

@@ -112,3 +112,11 @@ def test_fitted_tiles_find_the_same_nodule_as_the_cards_tile():
     assert fixed is not None and fixed[5] >= 0.5, marks        # a confident RPN mark: not vacuous
     assert fit is not None and abs(fit[4] - fixed[4]) < 0.1 and abs(fit[5] - fixed[5]) < 0.1 \
         and np.linalg.norm(fit[:3] - fixed[:3]) < 2.0, marks
+
+
+def test_a_small_tile_keeps_a_whole_tiles_candidates():
+    from LesionDetectorLib.inference.engine import candidate_budget
+
+    assert candidate_budget((48, 48, 48), (128, 128, 128)) == 1.0          # not 0.05: not 4 marks of 64
+    assert candidate_budget((176, 144, 176), (128, 128, 128)) == pytest.approx(176 * 144 * 176 / 128 ** 3)
+    assert candidate_budget((128, 128, 128), (128, 128, 128)) == 1.0
