@@ -429,16 +429,3 @@ class Prepared:
     preprocessing: Preprocessing
     result: Preprocessed
     seconds: float
-
-
-def card_preprocessing(card_path) -> Optional[Preprocessing]:
-    """The :class:`Preprocessing` of the model card at ``card_path`` read as plain JSON (no torch, no
-    weights), or None when it cannot be read: the Detector's own loading reports a bad card."""
-    import json
-    from pathlib import Path
-
-    try:
-        card = json.loads(Path(card_path).read_text(encoding="utf-8"))
-        return Preprocessing.from_card(card) if isinstance(card, dict) else None
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError):
-        return None

@@ -105,15 +105,17 @@ def _import_torch_ahead() -> None:
 
 
 def load_preprocessing(model: str):
-    """The model card's preprocessing, read without torch (the runner's prefetch), or None."""
+    """The model card's preprocessing, read without torch (the runner's prefetch), or None when
+    the card cannot be read: the detector's own loading then reports why."""
     from ..errors import ModelError
-    from ..preprocess import card_preprocessing
+    from ..model.card_file import read_card
+    from ..preprocess import Preprocessing
     from ..resources import resolve_model_dir
 
     try:
-        return card_preprocessing(resolve_model_dir(model) / "model.json")
-    except ModelError:
-        return None   # the detector's loading reports it
+        return Preprocessing.from_card(read_card(resolve_model_dir(model)))
+    except (ModelError, ValueError, TypeError):
+        return None
 
 
 def options_from_args(args) -> BatchOptions:

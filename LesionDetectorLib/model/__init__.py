@@ -11,7 +11,7 @@ model, while its first scan is read and preprocessed in another thread.
 import importlib
 
 _LAZY = {
-    "load_pretrained": "card", "read_card": "card", "save_pretrained": "card",
+    "load_pretrained": "card", "read_card": "card_file", "save_pretrained": "card",
     "ModelConfig": "config",
     "AggregatedFasterRCNN": "faster_rcnn", "build_model": "faster_rcnn",
 }

@@ -174,10 +174,7 @@ class AggregatedFasterRCNN(nn.Module):
         for p, s_fprn in zip(proposals, fprn_per_image):
             score = (p["scores"] + s_fprn) / 2 if self.fprn is not None else p["scores"]
             keep = torch.nonzero(score >= c.score_thresh).flatten()
-            cap = c.detections_per_crop
-            if not self.training and self.rpn.test_budget != 1.0:
-                cap = max(1, int(math.ceil(cap * self.rpn.test_budget)))
-            keep = keep[torch.argsort(score[keep], descending=True)][:cap]
+            keep = keep[torch.argsort(score[keep], descending=True)][: self.rpn.budgeted(c.detections_per_crop)]
             results.append({"boxes": p["boxes"][keep], "scores": score[keep],
                             "scores_rpn": p["scores"][keep], "scores_fprn": s_fprn[keep]})
         return results

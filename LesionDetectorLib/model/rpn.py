@@ -68,6 +68,12 @@ class RegionProposalNetwork(nn.Module):
         self.test_budget = 1.0
         self._anchor_cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def budgeted(self, cap: int) -> int:
+        """A per-crop cap of evaluation at this crop's ``test_budget`` (unchanged in training)."""
+        if self.training or self.test_budget == 1.0:
+            return cap
+        return max(1, int(math.ceil(cap * self.test_budget)))
+
     def anchors_for(self, features: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Anchors ``[A, 4]`` and their pyramid level ``[A]`` for these feature maps (cached)."""
         shapes = tuple(tuple(f.shape[2:]) for f in features)
@@ -124,8 +130,7 @@ class RegionProposalNetwork(nn.Module):
         """Per image: ``boxes [P, 4]``, ``scores [P]`` (RPN probability), ``levels [P]``, after NMS."""
         mode = "training" if self.training else "testing"
         pre_n, post_n = self.pre_nms_top_n[mode], self.post_nms_top_n[mode]
-        if not self.training and self.test_budget != 1.0:
-            pre_n, post_n = (max(1, int(math.ceil(n * self.test_budget))) for n in (pre_n, post_n))
+        pre_n, post_n = self.budgeted(pre_n), self.budgeted(post_n)
         out = []
         for lo, de in zip(logits, deltas):
             prob = torch.sigmoid(lo.float())

@@ -48,13 +48,12 @@ def test_each_scan_is_preprocessed_in_the_background_with_the_cards_preprocessin
     from LesionDetectorLib.data.synthetic import generate_scan
     from LesionDetectorLib.inference import Detector
     from LesionDetectorLib.io import write_volume
-    from LesionDetectorLib.preprocess import Prepared, card_preprocessing
-    from LesionDetectorLib.resources import resolve_model_dir
+    from LesionDetectorLib.cli.detect import load_preprocessing
+    from LesionDetectorLib.preprocess import Prepared
 
     scan = generate_scan(2, 0, size="small", confusers=False)
     path = tmp_path / "scan.mha"
     write_volume(scan.to_volume(), path)
-    card = resolve_model_dir("luna16-synthetic") / "model.json"
     seen = {}
 
     class Recording(Detector):
@@ -67,13 +66,13 @@ def test_each_scan_is_preprocessed_in_the_background_with_the_cards_preprocessin
         return Recording(det.model, det.card, device="cpu", precision="fp32")
 
     outs = {}
-    for name, prep in (("prefetched", lambda: card_preprocessing(card)), ("inline", None)):
+    for name, prep in (("prefetched", lambda: load_preprocessing("luna16-synthetic")), ("inline", None)):
         runner = ScanBatchRunner(tmp_path / name, BatchOptions(formats=("json",)), detector_factory=factory,
                                  preprocessing_factory=prep)
         assert runner.run([str(path)]) == 0
         outs[name] = json.loads(next((tmp_path / name).glob("*/findings.json")).read_text())
     first, second = seen["prepared"]
-    assert isinstance(first, Prepared) and first.preprocessing == card_preprocessing(card) and second is None
+    assert isinstance(first, Prepared) and first.preprocessing == load_preprocessing("luna16-synthetic") and second is None
     assert outs["prefetched"]["provenance"]["preprocess_prefetched"] is True
     assert outs["inline"]["provenance"]["preprocess_prefetched"] is False
     marks = {k: np.array([c["center_lps"] + [c["score"]] for c in v["candidates"]]) for k, v in outs.items()}
@@ -82,8 +81,10 @@ def test_each_scan_is_preprocessed_in_the_background_with_the_cards_preprocessin
 
 
 def test_a_card_that_cannot_be_read_means_no_prefetch(tmp_path):
-    from LesionDetectorLib.preprocess import card_preprocessing
+    from LesionDetectorLib.cli.detect import load_preprocessing
 
-    bad = tmp_path / "model.json"
-    bad.write_text("{not json")
-    assert card_preprocessing(bad) is None and card_preprocessing(tmp_path / "missing.json") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.json").write_text("{not json")
+    (tmp_path / "empty").mkdir()
+    assert load_preprocessing(str(tmp_path / "bad")) is None and load_preprocessing(str(tmp_path / "empty")) is None
+    assert load_preprocessing(str(tmp_path / "missing")) is None
