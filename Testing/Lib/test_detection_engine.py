@@ -7,7 +7,7 @@ import torch
 from LesionDetectorLib.inference.engine import (DetectionEngine, EngineSettings, ScoreFusion, cpu_has_native_bf16,
                                                 merge_inside, postprocess_rows, resolve_precision, valid_voxels)
 from LesionDetectorLib.inference.patient_flag import patient_probability
-from LesionDetectorLib.model import ModelConfig, build_model
+from LesionDetectorLib.model import ModelConfig
 
 
 def rows(*marks):
@@ -103,23 +103,10 @@ def test_precision_choice():
 
 
 @pytest.fixture(scope="module")
-def bundled_crop():
+def bundled_crop(nodule_crop):
     """A 64^3 window of a preprocessed synthetic scan around a real nodule, and the bundled model."""
-    from LesionDetectorLib.data.synthetic import generate_scan
-    from LesionDetectorLib.inference.detector import resolve_model_dir
-    from LesionDetectorLib.model import load_pretrained
-    from LesionDetectorLib.preprocess import preprocess
-
-    # The scan without the generator's confusers: the crop this tolerance was measured on (with
-    # them, one 0.65-scored mark of this crop loses its NMS tie to a neighbour 6 mm away in bf16).
-    scan = generate_scan(2, 0, size="small", confusers=False)
-    pre = preprocess(scan.to_volume(), lung_mask=scan.lung_labels > 0)
-    nodule = max(scan.annotations, key=lambda n: n.diameter_mm)
-    c = np.round(pre.from_world(np.asarray([nodule.center_lps]))[0]).astype(int)
-    lo = np.clip(c - 32, 0, np.asarray(pre.image.shape) - 64)
-    crop = np.ascontiguousarray(pre.image[lo[0]:lo[0] + 64, lo[1]:lo[1] + 64, lo[2]:lo[2] + 64])
-    model, _ = load_pretrained(resolve_model_dir("luna16-synthetic"), "cpu")
-    return model, crop, c - lo
+    model, crop, centre, _ = nodule_crop(64)
+    return model, crop, centre
 
 
 def test_bf16_detections_match_fp32(bundled_crop):

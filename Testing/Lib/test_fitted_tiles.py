@@ -85,27 +85,16 @@ def test_test_budget_scales_the_caps_and_is_restored():
             pass
 
 
-def test_fitted_tiles_find_the_same_nodule_as_the_cards_tile():
+def test_fitted_tiles_find_the_same_nodule_as_the_cards_tile(nodule_crop):
     """The bundled model around a planted nodule (the crop the bf16 check uses, widened): eight
     fixed 64^3 tiles and one fitted tile give the nodule's mark at the same place and a similar score."""
-    from LesionDetectorLib.data.synthetic import generate_scan
-    from LesionDetectorLib.inference.detector import resolve_model_dir
-    from LesionDetectorLib.model import load_pretrained
-    from LesionDetectorLib.preprocess import preprocess
-
-    scan = generate_scan(2, 0, size="small", confusers=False)
-    pre = preprocess(scan.to_volume(), lung_mask=scan.lung_labels > 0)
-    nodule = max(scan.annotations, key=lambda n: n.diameter_mm)
-    c = np.round(pre.from_world(np.asarray([nodule.center_lps]))[0]).astype(int)
-    lo = np.clip(c - 44, 0, np.asarray(pre.image.shape) - 88)
-    crop = np.ascontiguousarray(pre.image[lo[0]:lo[0] + 88, lo[1]:lo[1] + 88, lo[2]:lo[2] + 88])
-    model, _ = load_pretrained(resolve_model_dir("luna16-synthetic"), "cpu")
+    model, crop, centre, nodule = nodule_crop(88)
     model.eval()
     marks = {}
     for max_tile in (None, (96,) * 3):
         settings = EngineSettings(tile=(64,) * 3, overlap=16, precision="fp32", max_tile=max_tile)
         result = DetectionEngine(model, settings, torch.device("cpu")).detect(crop, 0.6667)
-        near = [r for r in result.rows if np.linalg.norm(r[:3] - (c - lo)) < max(nodule.diameter_mm / 2, 3)]
+        near = [r for r in result.rows if np.linalg.norm(r[:3] - centre) < max(nodule.diameter_mm / 2, 3)]
         marks[max_tile] = (result.n_tiles, result.tile, max(near, key=lambda r: r[4]) if near else None)
     (n_fixed, _, fixed), (n_fit, tile_fit, fit) = marks[None], marks[(96,) * 3]
     assert n_fixed == 8 and (n_fit, tile_fit) == (1, (96, 96, 96))
