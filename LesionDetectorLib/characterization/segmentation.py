@@ -88,6 +88,10 @@ DENSE_HU = 200.0
 PV_FLOOR = -0.5
 #: How far (in scan voxels) beyond the half-level surface the partial-volume sum reaches.
 PV_MARGIN_VOXELS = 2.0
+#: Local-grid samples below this hold no image: outside the scan's field of view (the resampling's
+#: fill value, :data:`NO_DATA_HU`) or a reconstruction's padding (-2048, -3024 HU). Air is about -1000 HU.
+NO_DATA_BELOW_HU = -1500.0
+NO_DATA_HU = -4096.0
 
 
 @dataclass
@@ -179,8 +183,10 @@ def _component_at_center(mask: np.ndarray, center_ball: np.ndarray) -> np.ndarra
     return labels == int(np.argmax(overlap))
 
 
-def _lung_side(hu: np.ndarray, spacing: float, diameter_mm: float, lung: Optional[np.ndarray]) -> np.ndarray:
-    """Everything but the chest wall / mediastinum: soft tissue too thick for a ball wider than the nodule."""
+def _lung_side(hu: np.ndarray, spacing: float, diameter_mm: float, lung: Optional[np.ndarray],
+               no_data: Optional[np.ndarray] = None) -> np.ndarray:
+    """Everything but the chest wall / mediastinum: soft tissue too thick for a ball wider than the nodule.
+    ``no_data``: samples without image (outside the field of view); never on the lung side."""
     tissue = hu > LUNG_AIR_HU
     # The opening keeps structures a ball of radius R fits in (the wall) and drops narrower ones
     # (the nodule, vessels). Where the nodule meets the wall the ball sinks a cap of about
@@ -198,6 +204,8 @@ def _lung_side(hu: np.ndarray, spacing: float, diameter_mm: float, lung: Optiona
             wall = np.repeat(wall, k, axis=axis)
         wall = wall[:hu.shape[0], :hu.shape[1], :hu.shape[2]]
     side = ~(wall & tissue)
+    if no_data is not None:
+        side &= ~no_data
     if lung is not None and lung.any():
         # A supplied lung mask keeps the region from leaking far into the mediastinum.
         side &= _dilate(lung, 2.0, spacing)
@@ -269,7 +277,11 @@ def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diamete
         region = _region(hu, lung_side, threshold, open_r, spacing, ball, limit)
         if not region.any():
             return empty, threshold, background
-        new = float(np.clip(0.5 * (_plateau(hu, region, spacing, depth_mm) + background), background + 60.0, 0.0))
+        # The level comes from the nodule, not from what hangs on it: a faint nodule's region at a
+        # low threshold takes in vessels and walls, whose HU would set the next threshold above
+        # the nodule itself.
+        new = float(np.clip(0.5 * (_plateau(hu, _split_off_attachments(region, spacing, diameter_mm), spacing,
+                                            depth_mm) + background), background + 60.0, 0.0))
         if abs(new - threshold) < 5.0:
             break
         threshold = new
@@ -415,13 +427,17 @@ def segment_nodule(volume: Volume, center_lps: Sequence[float], diameter_mm: flo
     half = float(np.clip(0.8 * d + 4.0, 8.0, MAX_HALF_SIDE_MM))
     for attempt in range(2):
         geometry = _local_geometry(volume, center_lps, half, spacing_mm)
-        hu = resample_to_grid(_crop_for(volume, geometry), geometry, "linear", -1024.0, np.float32).array
+        hu = resample_to_grid(_crop_for(volume, geometry), geometry, "linear", NO_DATA_HU, np.float32).array
+        # A nodule at the edge of the field of view: the samples beyond it are no lung (read as
+        # -1024 HU parenchyma they drag the boundary threshold down, and the mask grows into the blur).
+        no_data = hu < NO_DATA_BELOW_HU
+        hu[no_data] = -1024.0
         lung = None
         if mask_volume is not None:
             lung_u8 = Volume(np.asarray(mask_volume.array, np.uint8), mask_volume.spacing, mask_volume.origin,
                              mask_volume.direction)
             lung = resample_to_grid(_crop_for(lung_u8, geometry), geometry, "nearest", 0, np.uint8).array > 0
-        side = _lung_side(hu, spacing_mm, d, lung)
+        side = _lung_side(hu, spacing_mm, d, lung, no_data)
         pv_ml = None
         background = _parenchyma_hu(hu, side)
         peak = _center_peak(_smoothed(hu, spacing_mm, scan_mm), side, spacing_mm, d, background)

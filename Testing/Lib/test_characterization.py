@@ -251,3 +251,34 @@ def test_a_failing_finding_does_not_stop_the_others(monkeypatch):
     assert "failed" in out.candidate("N1").characterization["note"]
     assert out.candidate("N2").characterization["type"] == "solid" and out.lung_rads["finding_id"] == "N2"
     assert validate_findings_dict(out.to_dict()) == []
+
+
+def test_ground_glass_nodule_between_vessels_keeps_its_own_boundary_level():
+    # An 11 mm ground-glass nodule touched on two sides by thick vessels. At the low first threshold
+    # the region takes in the vessels; if their HU set the boundary level, the next threshold rose
+    # above the nodule and the mask collapsed to a voxel or nothing (a follow-up pair's GGN did).
+    v = phantom([dict(center=(0, 0, 0), axes=(5.5, 5.5, 5.5), hu=-640.0),
+                 dict(center=(0, 7.5, 0), axes=(30, 2.5, 2.5), hu=40.0),
+                 dict(center=(0, -7.5, 0), axes=(30, 2.5, 2.5), hu=40.0)], shape=(40, 64, 64))
+    ch = run(v, diameter=11.0).characterization
+    assert ch["type"] == "ground-glass"
+    assert ch["volume_ml"] == pytest.approx(ellipsoid_ml((5.5, 5.5, 5.5)), rel=0.2)
+    assert ch["mean_diameter_mm"] == pytest.approx(11.0, abs=1.0)
+
+
+def test_nodule_at_the_edge_of_the_field_of_view_is_measured_against_the_lung():
+    # The scan ends just past the nodule's centre (a trimmed follow-up scan): half the local cube
+    # lies outside the image. Those samples are no parenchyma: read as -1024 HU, they took the
+    # background to -1024 and the threshold 90 HU down, so the same nodule grew between two scans.
+    from LesionDetectorLib.characterization.segmentation import segment_nodule
+
+    full = phantom([dict(center=(0, 0, 0), axes=(4, 4, 4), hu=30.0)], wall_x_mm=6.0)
+    whole = segment_nodule(full, (0, 0, 0), 8.0)
+    for keep in (16, 17):
+        cut = Volume(full.array[:keep].copy(), full.spacing, full.origin, full.direction)
+        seg = segment_nodule(cut, (0, 0, 0), 8.0)
+        assert seg.background_hu == pytest.approx(whole.background_hu, abs=15.0)
+        assert seg.threshold_hu == pytest.approx(whole.threshold_hu, abs=20.0)
+        assert not seg.lung[seg.hu < -1020].all()          # the outside is not on the lung side
+    ch = run(Volume(full.array[:17].copy(), full.spacing, full.origin, full.direction)).characterization
+    assert ch["mean_diameter_mm"] == pytest.approx(run(full).characterization["mean_diameter_mm"], abs=0.3)
