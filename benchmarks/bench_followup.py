@@ -19,7 +19,11 @@ characterization package exactly as ``lesion-detector compare`` does. Reported:
   no breath-hold change), where every finding must come out ``stable`` with |d mean diameter|
   < 1.5 mm and |d volume| < 15 %; with ``--real-ct`` (a folder holding pyradiomics'
   ``lung1_image.nrrd`` / ``lung1_label.nrrd``, see ``bench_real_ct.py``) also on those real
-  scans, their labelled lesion as the finding.
+  scans, their labelled lesion as the finding;
+* with ``--real-ct-detect`` as well, the product's path on those real scans: the bundled model
+  detects on the scan and on its copy (100 marks each), the characterization measures every
+  mark, and ``compare`` pairs them. Reported for every paired mark, for the marks above the
+  card's 4 FP/scan operating point, and for the top-ranked mark.
 
 A nodule whose true centre lies outside the current scan (the current field of view is trimmed
 in z) counts as absent there, and is left out of the self-match rows; the ids are listed
@@ -190,6 +194,45 @@ def real_ct_self_match(folder: Path, rng):
     return results
 
 
+def real_ct_detected_self_match(folder: Path, rng, model: str = "luna16-synthetic"):
+    """The rigid-copy self-match on the detector's own marks (module docstring)."""
+    from LesionDetectorLib import Detector, read_volume
+
+    detector = Detector.from_pretrained(model, device="cpu")
+    point = (detector.card.get("operating_points") or {}).get("fp_per_scan_4") or {}
+    threshold = float(point.get("threshold", 0.0))
+    results = []
+    for name in ("lung1", "lung2"):
+        img = folder / f"{name}_image.nrrd"
+        if not img.is_file():
+            continue
+        vol = read_volume(img)
+        moved, _ = _rigid_copy(vol, rng)
+        found = [characterize(v, detector(v, min_score=0.0, max_candidates=100), min_score=-np.inf)
+                 for v in (vol, moved)]
+        doc = compare(vol, moved, found[0], found[1], interval_days=365, min_score=0.0)
+        score = {c.id: c.score for c in found[0].candidates}
+        rank = {c.id: c.rank for c in found[0].candidates}
+
+        def ok(p):
+            return (p["status"] == "stable" and p["diameter_change_mm"] is not None
+                    and abs(p["diameter_change_mm"]) < 1.5 and abs(p["volume_change_pct"]) < 15.0)
+
+        paired = [p for p in doc["pairs"] if p["prior"] and p["current"]]
+        above = [p for p in doc["pairs"] if p["prior"] and score[p["prior"]["id"]] >= threshold]
+        top = [p for p in doc["pairs"] if p["prior"] and rank[p["prior"]["id"]] == 1]
+        results.append({
+            "scan": name, "marks": [len(f.candidates) for f in found], "paired": len(paired),
+            "paired_within_bar": sum(ok(p) for p in paired),
+            "above_fp4": len(above), "above_fp4_paired": sum(1 for p in above if p["current"]),
+            "above_fp4_within_bar": sum(ok(p) for p in above), "fp4_threshold": threshold,
+            "top_mark": [{k: p[k] for k in ("status", "diameter_change_mm", "volume_change_pct")}
+                         | {"prior_mm": p["prior"]["mean_diameter_mm"],
+                            "copy_mm": p["current"] and p["current"]["mean_diameter_mm"]} for p in top]})
+        print(f"{name} (detected): {results[-1]}", flush=True)
+    return results
+
+
 def _findings_at(volume, items):
     pair_like = type("P", (), {})()
     pair_like.prior = volume
@@ -243,6 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="small", choices=("small", "full"))
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--real-ct", type=Path, default=None)
+    ap.add_argument("--real-ct-detect", action="store_true",
+                    help="also the self-match of the bundled model's own marks on the --real-ct scans")
     ap.add_argument("--sizes", default="characterization", choices=("characterization", "truth"))
     ap.add_argument("--json", type=Path, default=None, help="write the raw results here (after every pair)")
     ap.add_argument("--summarize", type=Path, default=None, help="only print the numbers of an earlier --json dump")
@@ -289,6 +334,9 @@ def main(argv=None) -> int:
     summary = summarize(state, args)
     summary["real_ct_self_match"] = real_ct_self_match(args.real_ct, np.random.default_rng(args.seed)) \
         if args.real_ct else []
+    if args.real_ct and args.real_ct_detect:
+        summary["real_ct_detected_self_match"] = real_ct_detected_self_match(args.real_ct,
+                                                                             np.random.default_rng(args.seed))
     summary["seconds"] = time.perf_counter() - t0
     print(json.dumps(summary, indent=2))
     if args.json:

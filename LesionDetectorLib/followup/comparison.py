@@ -6,11 +6,20 @@ findings; findings without ``characterization`` sizes are measured first with
 and volumes compared are segmentations, not the detector's box; where no size could be
 measured the detector's diameter is used and each side's ``size_source`` says so.
 
+The two findings of a pair are then measured again the same way (``remeasure_pairs``): the
+segmentation takes the detector's diameter as the expected size (cube, vessel opening,
+attachment cut), and two detections of one nodule can differ in it by a factor of two (14 and
+26 mm for the same real tumour on a scan and its resampled copy), which alone made it "grow" by
+8.6 mm. Both are segmented with the mean of the two detections' diameters. Only sizes this
+library's segmentation measured are redone: one a reader edited (a re-measured segment) or one
+given with the findings from elsewhere is kept as it is.
+
 :func:`write_comparison` writes ``comparison.md`` then ``comparison.json`` (schema
 ``lesion-detector/comparison`` v1.0, documented in ``docs/architecture.md``), each atomically.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -81,12 +90,14 @@ def check_findings_match(findings: Findings, volume: Volume, label: str) -> None
 def compare(prior: Volume, current: Volume, prior_findings: Findings, current_findings: Findings, *,
             interval_days: Optional[float] = None, registration: Optional[Registration] = None,
             bspline: bool = False, measure: bool = True, min_score: Optional[float] = None,
-            gate_min_mm: float = GATE_MIN_MM, gate_factor: float = GATE_FACTOR) -> Dict[str, Any]:
+            gate_min_mm: float = GATE_MIN_MM, gate_factor: float = GATE_FACTOR,
+            remeasure_pairs: bool = True) -> Dict[str, Any]:
     """The comparison document (see :func:`write_comparison`); nothing is written.
 
     Findings are compared as a reader would: rejected candidates are left out, and so are
     candidates below ``min_score`` (default: each findings' operating-point threshold; accepted
-    candidates always count). ``registration`` may be given (tests, repeated runs).
+    candidates always count). ``registration`` may be given (tests, repeated runs);
+    ``remeasure_pairs=False`` keeps each scan's own measurements (module docstring).
     """
     check_findings_match(prior_findings, prior, "prior")
     check_findings_match(current_findings, current, "current")
@@ -101,10 +112,10 @@ def compare(prior: Volume, current: Volume, prior_findings: Findings, current_fi
 
             chosen = characterize(vol, chosen, min_score=-math.inf)
         sides.append(chosen)
-    prior_nodules = [nodule_from_candidate(c) for c in sides[0].candidates]
-    current_nodules = [nodule_from_candidate(c) for c in sides[1].candidates]
-    pairs = match_nodules(prior_nodules, current_nodules, registration.prior_to_current, days,
-                          gate_min_mm, gate_factor)
+    pairs = _match(sides, registration, days, gate_min_mm, gate_factor)
+    if measure and remeasure_pairs:
+        sides = _remeasured(prior, current, sides, pairs)
+        pairs = _match(sides, registration, days, gate_min_mm, gate_factor)
     # Where a new nodule would be on the prior (the reader looks there for a missed one).
     for p in pairs:
         if p["current"] is not None:
@@ -121,11 +132,53 @@ def compare(prior: Volume, current: Volume, prior_findings: Findings, current_fi
         "matching": {"method": "Hungarian assignment on registered centre distance",
                      "gate_mm": f"max({gate_min_mm:g}, {gate_factor:g} x larger mean diameter)",
                      "growth_mm": GROWTH_MM, "growth_definition": "Lung-RADS v2022: mean diameter increase > "
-                                                                  "1.5 mm within 12 months"},
+                                                                  "1.5 mm within 12 months",
+                     "pair_sizes": (PAIR_SIZES if measure and remeasure_pairs else "each scan's own measurement")},
         "counts": counts,
         "lung_rads": exam,
         "pairs": pairs,
     }
+
+
+PAIR_SIZES = ("both findings of a pair segmented with one expected diameter, the mean of the two detections' "
+              "(sizes a reader edited or that came with the findings from elsewhere are kept)")
+#: how :mod:`..characterization` names its own automatic measurement (``characterization.method``)
+AUTOMATIC_METHOD = "computed:"
+
+
+def _match(sides, registration: Registration, days, gate_min_mm: float, gate_factor: float) -> List[Dict[str, Any]]:
+    prior_nodules = [nodule_from_candidate(c) for c in sides[0].candidates]
+    current_nodules = [nodule_from_candidate(c) for c in sides[1].candidates]
+    return match_nodules(prior_nodules, current_nodules, registration.prior_to_current, days,
+                         gate_min_mm, gate_factor)
+
+
+def _automatic(candidate) -> bool:
+    """A size this library's segmentation measured (not one a reader edited, nor one given from elsewhere)."""
+    return str((candidate.characterization or {}).get("method", "")).startswith(AUTOMATIC_METHOD)
+
+
+def _remeasured(prior: Volume, current: Volume, sides, pairs) -> List[Findings]:
+    """``sides`` with both findings of each pair measured at one expected diameter (module docstring)."""
+    from ..characterization import characterize
+
+    by_id = [{c.id: c for c in side.candidates} for side in sides]
+    todo = [(p["prior"]["id"], p["current"]["id"]) for p in pairs if p["prior"] and p["current"]]
+    todo = [(a, b) for a, b in todo if _automatic(by_id[0][a]) and _automatic(by_id[1][b])]
+    if not todo:
+        return list(sides)
+    common = [{}, {}]
+    for a, b in todo:
+        d = 0.5 * (float(by_id[0][a].diameter_mm) + float(by_id[1][b].diameter_mm))
+        common[0][a], common[1][b] = d, d
+    out = []
+    for k, volume in enumerate((prior, current)):
+        again = [dataclasses.replace(c, diameter_mm=common[k][c.id]) for c in sides[k].candidates if c.id in common[k]]
+        measured = characterize(volume, dataclasses.replace(sides[k], candidates=again), min_score=-math.inf)
+        sizes = {c.id: c.characterization for c in measured.candidates}
+        out.append(dataclasses.replace(sides[k], candidates=[
+            dataclasses.replace(c, characterization=sizes[c.id]) if c.id in sizes else c for c in sides[k].candidates]))
+    return out
 
 
 def _selected(findings: Findings, min_score: Optional[float]) -> Findings:
