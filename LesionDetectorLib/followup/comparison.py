@@ -10,7 +10,8 @@ The two findings of a pair are then measured again the same way (``remeasure_pai
 segmentation takes the detector's diameter as the expected size (cube, vessel opening,
 attachment cut), and two detections of one nodule can differ in it by a factor of two (14 and
 26 mm for the same real tumour on a scan and its resampled copy), which alone made it "grow" by
-8.6 mm. Both are segmented with the mean of the two detections' diameters. Only sizes this
+8.6 mm. Both are segmented with the mean of the two detections' diameters (when those differ by
+more than :data:`SAME_DIAMETER`). Only sizes this
 library's segmentation measured are redone: one a reader edited (a re-measured segment) or one
 given with the findings from elsewhere is kept as it is.
 
@@ -142,6 +143,8 @@ def compare(prior: Volume, current: Volume, prior_findings: Findings, current_fi
 
 PAIR_SIZES = ("both findings of a pair segmented with one expected diameter, the mean of the two detections' "
               "(sizes a reader edited or that came with the findings from elsewhere are kept)")
+#: two detections' diameters closer than this fraction count as one expected size (no re-measurement)
+SAME_DIAMETER = 0.05
 #: how :mod:`..characterization` names its own automatic measurement (``characterization.method``)
 AUTOMATIC_METHOD = "computed:"
 
@@ -169,8 +172,12 @@ def _remeasured(prior: Volume, current: Volume, sides, pairs) -> List[Findings]:
         return list(sides)
     common = [{}, {}]
     for a, b in todo:
-        d = 0.5 * (float(by_id[0][a].diameter_mm) + float(by_id[1][b].diameter_mm))
-        common[0][a], common[1][b] = d, d
+        da, db = float(by_id[0][a].diameter_mm), float(by_id[1][b].diameter_mm)
+        if abs(da - db) <= SAME_DIAMETER * max(da, db):
+            continue                  # segmented alike already; a retry would cost its time for nothing
+        common[0][a] = common[1][b] = 0.5 * (da + db)
+    if not common[0]:
+        return list(sides)
     out = []
     for k, volume in enumerate((prior, current)):
         again = [dataclasses.replace(c, diameter_mm=common[k][c.id]) for c in sides[k].candidates if c.id in common[k]]
