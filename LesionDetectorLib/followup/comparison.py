@@ -114,7 +114,7 @@ def compare(prior: Volume, current: Volume, prior_findings: Findings, current_fi
             chosen = characterize(vol, chosen, min_score=-math.inf)
         sides.append(chosen)
     pairs = _match(sides, registration, days, gate_min_mm, gate_factor)
-    if measure and remeasure_pairs:
+    if remeasure_pairs:        # also when the caller measured the findings itself (the CLI does)
         sides = _remeasured(prior, current, sides, pairs)
         pairs = _match(sides, registration, days, gate_min_mm, gate_factor)
     # Where a new nodule would be on the prior (the reader looks there for a missed one).
@@ -130,11 +130,12 @@ def compare(prior: Volume, current: Volume, prior_findings: Findings, current_fi
         "current": _side(current, current_findings, sides[1]),
         "interval_days": days, "interval_source": interval_source,
         "registration": _finite(registration.quality),
-        "matching": {"method": "Hungarian assignment on registered centre distance",
+        "matching": {"method": "Hungarian assignment on registered centre distance plus the mean diameters' "
+                               "difference; an unpaired finding costs half its gate",
                      "gate_mm": f"max({gate_min_mm:g}, {gate_factor:g} x larger mean diameter)",
                      "growth_mm": GROWTH_MM, "growth_definition": "Lung-RADS v2022: mean diameter increase > "
                                                                   "1.5 mm within 12 months",
-                     "pair_sizes": (PAIR_SIZES if measure and remeasure_pairs else "each scan's own measurement")},
+                     "pair_sizes": PAIR_SIZES if remeasure_pairs else "each scan's own measurement"},
         "counts": counts,
         "lung_rads": exam,
         "pairs": pairs,

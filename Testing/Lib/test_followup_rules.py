@@ -98,11 +98,24 @@ def test_gate_is_size_aware():
 
 
 def test_hungarian_beats_greedy():
-    # Greedy nearest-first would pair prior 0 with current 0 (1 mm) and leave prior 1 out of its gate.
-    prior = [[0, 0, 0], [-9, 0, 0]]
-    current = [[1, 0, 0], [9.5, 0, 0]]
+    # Greedy nearest-first pairs prior 0 with current 0 (1.8 mm), then prior 1 with current 1
+    # (6.1 mm): 7.9 mm in all, against 4.3 mm for the crossed pairs.
+    prior = [[0, 0, 0], [-4, 0, 0]]
+    current = [[-1.8, 0, 0], [2.1, 0, 0]]
     pairs = {(i, j) for i, j, _ in assign(prior, [5, 5], current, [5, 5])}
     assert pairs == {(0, 1), (1, 0)}
+
+
+def test_no_far_pair_is_made_just_to_pair_more_findings():
+    # A 22 mm tumour and a 5 mm mark beside it on the prior; on the current the tumour (1.6 mm
+    # from its registered place) and a 4 mm mark 21 mm away, inside the tumour's 33 mm gate.
+    # Pairing as many as possible takes tumour <-> far mark and small mark <-> tumour.
+    prior = [[0, 0, 0], [2, 0, 0]]
+    current = [[1.6, 0, 0], [21, 0, 0]]
+    pairs = {(i, j) for i, j, _ in assign(prior, [22.7, 5.0], current, [21.7, 3.8])}
+    assert pairs == {(0, 0)}
+    # ... while one nodule seen on both scans still pairs across the whole gate
+    assert {(i, j) for i, j, _ in assign([[0, 0, 0]], [6.0], [[9.0, 0, 0]], [6.5])} == {(0, 0)}
 
 
 def _cand(cid, center, d, ch=None):
