@@ -140,9 +140,14 @@ def self_match(prior_volume, prior_findings, moved_volume, moved_findings, skip_
         out.append({"id": (cur or pri)["id"], "status": p["status"], "same": same,
                     "d_diameter_mm": p["diameter_change_mm"], "d_volume_pct": p["volume_change_pct"],
                     "diameter_mm": (pri or cur)["mean_diameter_mm"], "size_source": (cur or pri)["size_source"],
-                    "ok": same and p["status"] == "stable" and abs(p["diameter_change_mm"]) < 1.5
-                    and abs(p["volume_change_pct"]) < 15.0})
+                    "ok": same and _stable_within_bar(p)})
     return out, doc["registration"]
+
+
+def _stable_within_bar(p) -> bool:
+    """The bar's self-match criterion for one pair: ``stable``, |d mean diameter| < 1.5 mm, |d volume| < 15 %."""
+    return (p["status"] == "stable" and p["diameter_change_mm"] is not None
+            and abs(p["diameter_change_mm"]) < 1.5 and abs(p["volume_change_pct"]) < 15.0)
 
 
 def _rigid_copy(volume, rng):
@@ -208,24 +213,20 @@ def real_ct_detected_self_match(folder: Path, rng, model: str = "luna16-syntheti
             continue
         vol = read_volume(img)
         moved, _ = _rigid_copy(vol, rng)
-        found = [characterize(v, detector(v, min_score=0.0, max_candidates=100), min_score=-np.inf)
-                 for v in (vol, moved)]
+        found = [detector(v, min_score=0.0, max_candidates=100) for v in (vol, moved)]
+        # compare measures every mark it compares (all of them at min_score 0), as the CLI does
         doc = compare(vol, moved, found[0], found[1], interval_days=365, min_score=0.0)
         score = {c.id: c.score for c in found[0].candidates}
         rank = {c.id: c.rank for c in found[0].candidates}
-
-        def ok(p):
-            return (p["status"] == "stable" and p["diameter_change_mm"] is not None
-                    and abs(p["diameter_change_mm"]) < 1.5 and abs(p["volume_change_pct"]) < 15.0)
 
         paired = [p for p in doc["pairs"] if p["prior"] and p["current"]]
         above = [p for p in doc["pairs"] if p["prior"] and score[p["prior"]["id"]] >= threshold]
         top = [p for p in doc["pairs"] if p["prior"] and rank[p["prior"]["id"]] == 1]
         results.append({
             "scan": name, "marks": [len(f.candidates) for f in found], "paired": len(paired),
-            "paired_within_bar": sum(ok(p) for p in paired),
+            "paired_within_bar": sum(_stable_within_bar(p) for p in paired),
             "above_fp4": len(above), "above_fp4_paired": sum(1 for p in above if p["current"]),
-            "above_fp4_within_bar": sum(ok(p) for p in above), "fp4_threshold": threshold,
+            "above_fp4_within_bar": sum(_stable_within_bar(p) for p in above), "fp4_threshold": threshold,
             "top_mark": [{k: p[k] for k in ("status", "diameter_change_mm", "volume_change_pct")}
                          | {"prior_mm": p["prior"]["mean_diameter_mm"],
                             "copy_mm": p["current"] and p["current"]["mean_diameter_mm"]} for p in top]})

@@ -88,10 +88,13 @@ def characterize_candidate(volume: Volume, candidate: Candidate,
         "calcification_pattern": kind.calcification_pattern,
         "solid_fraction": round(kind.solid_fraction, 3),
         "threshold_hu": round(seg.threshold_hu, 1),
-        "method": "computed: adaptive threshold + morphology (not learned)",
+        "method": AUTOMATIC_METHOD,
     }
     return CharacterizedNodule(candidate.id, seg, kind, ch)
 
+
+#: ``characterization.method`` of this package's own measurement (an edited segment says otherwise).
+AUTOMATIC_METHOD = "computed: adaptive threshold + morphology (not learned)"
 
 #: The per-candidate errors that cost a finding its measurement, not the scan.
 CANDIDATE_ERRORS = (ValueError, RuntimeError, MemoryError)

@@ -249,6 +249,12 @@ def _smoothed(hu: np.ndarray, spacing: float, scan_spacing_mm: float, voxels: fl
     return ndimage.gaussian_filter(hu, voxels * scan_spacing_mm / spacing, mode="nearest")
 
 
+def _half_level(level: float, background: float) -> float:
+    """The threshold half-way between a boundary level and the parenchyma, kept at least 60 HU above
+    the parenchyma and at most 0 HU."""
+    return float(np.clip(0.5 * (level + background), background + 60.0, 0.0))
+
+
 def _parenchyma_hu(hu, lung_side) -> float:
     """Median HU of the lung (below -500 HU on the lung side) in the cube."""
     parenchyma = lung_side & (hu < LUNG_AIR_HU)
@@ -277,7 +283,7 @@ def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diamete
     if peak < background + MIN_CONTRAST_HU:
         return empty, background + MIN_CONTRAST_HU, background
     # Top-down: from the densest part at the centre, then each boundary at its half maximum.
-    threshold = float(np.clip(0.5 * (peak + background), background + 60.0, 0.0))
+    threshold = _half_level(peak, background)
     region = empty
     for _ in range(6):
         region = _region(hu, lung_side, threshold, open_r, spacing, ball, limit)
@@ -286,8 +292,8 @@ def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diamete
         # The level comes from the nodule, not from what hangs on it: a faint nodule's region at a
         # low threshold takes in vessels and walls, whose HU would set the next threshold above
         # the nodule itself.
-        new = float(np.clip(0.5 * (_plateau(hu, _split_off_attachments(region, spacing, diameter_mm), spacing,
-                                            depth_mm) + background), background + 60.0, 0.0))
+        new = _half_level(_plateau(hu, _split_off_attachments(region, spacing, diameter_mm), spacing, depth_mm),
+                          background)
         if abs(new - threshold) < 5.0:
             break
         threshold = new
@@ -299,15 +305,14 @@ def _segment_once(hu: np.ndarray, lung_side: np.ndarray, spacing: float, diamete
     if shell.any():
         halo = float(np.median(hu[shell]))
         if halo > GGO_MIN_HU and halo - background >= HALO_CONTRAST * (level - background):
-            halo_threshold = float(np.clip(0.5 * (halo + background), background + 60.0, 0.0))
+            halo_threshold = _half_level(halo, background)
             wider = _region(hu, lung_side, halo_threshold, open_r, spacing, ball, limit)
             # The shell's median also holds the halo's blurred outer fall-off (a thin rim is mostly
             # fall-off), which puts the threshold too low and the mask into the blur (a 31 mm solid
             # mass measured 8.5 mL for 4.8): take the level from the rim the halo threshold found.
             rim = wider & (dist > 0.5 * depth_mm)
             if rim.sum() >= 8:
-                rim_level = float(np.percentile(hu[rim], RIM_LEVEL_PERCENTILE))
-                refined = float(np.clip(0.5 * (rim_level + background), background + 60.0, 0.0))
+                refined = _half_level(float(np.percentile(hu[rim], RIM_LEVEL_PERCENTILE)), background)
                 if refined > halo_threshold:
                     tighter = _region(hu, lung_side, refined, open_r, spacing, ball, limit)
                     if tighter.sum() > region.sum():

@@ -115,8 +115,10 @@ def compare(prior: Volume, current: Volume, prior_findings: Findings, current_fi
         sides.append(chosen)
     pairs = _match(sides, registration, days, gate_min_mm, gate_factor)
     if remeasure_pairs:        # also when the caller measured the findings itself (the CLI does)
-        sides = _remeasured(prior, current, sides, pairs)
-        pairs = _match(sides, registration, days, gate_min_mm, gate_factor)
+        again = _remeasured(prior, current, sides, pairs)
+        if again is not sides:
+            sides = again
+            pairs = _match(sides, registration, days, gate_min_mm, gate_factor)
     # Where a new nodule would be on the prior (the reader looks there for a missed one).
     for p in pairs:
         if p["current"] is not None:
@@ -146,8 +148,6 @@ PAIR_SIZES = ("both findings of a pair segmented with one expected diameter, the
               "(sizes a reader edited or that came with the findings from elsewhere are kept)")
 #: two detections' diameters closer than this fraction count as one expected size (no re-measurement)
 SAME_DIAMETER = 0.05
-#: how :mod:`..characterization` names its own automatic measurement (``characterization.method``)
-AUTOMATIC_METHOD = "computed:"
 
 
 def _match(sides, registration: Registration, days, gate_min_mm: float, gate_factor: float) -> List[Dict[str, Any]]:
@@ -157,20 +157,20 @@ def _match(sides, registration: Registration, days, gate_min_mm: float, gate_fac
                          gate_min_mm, gate_factor)
 
 
-def _automatic(candidate) -> bool:
-    """A size this library's segmentation measured (not one a reader edited, nor one given from elsewhere)."""
-    return str((candidate.characterization or {}).get("method", "")).startswith(AUTOMATIC_METHOD)
-
-
 def _remeasured(prior: Volume, current: Volume, sides, pairs) -> List[Findings]:
-    """``sides`` with both findings of each pair measured at one expected diameter (module docstring)."""
-    from ..characterization import characterize
+    """``sides`` with both findings of each pair measured at one expected diameter (module docstring);
+    ``sides`` itself when no pair needed it."""
+    from ..characterization import AUTOMATIC_METHOD, characterize
+
+    def _automatic(candidate) -> bool:
+        # A size this library's segmentation measured (not one a reader edited, nor one given from elsewhere).
+        return (candidate.characterization or {}).get("method") == AUTOMATIC_METHOD
 
     by_id = [{c.id: c for c in side.candidates} for side in sides]
     todo = [(p["prior"]["id"], p["current"]["id"]) for p in pairs if p["prior"] and p["current"]]
     todo = [(a, b) for a, b in todo if _automatic(by_id[0][a]) and _automatic(by_id[1][b])]
     if not todo:
-        return list(sides)
+        return sides
     common = [{}, {}]
     for a, b in todo:
         da, db = float(by_id[0][a].diameter_mm), float(by_id[1][b].diameter_mm)
@@ -178,7 +178,7 @@ def _remeasured(prior: Volume, current: Volume, sides, pairs) -> List[Findings]:
             continue                  # segmented alike already; a retry would cost its time for nothing
         common[0][a] = common[1][b] = 0.5 * (da + db)
     if not common[0]:
-        return list(sides)
+        return sides
     out = []
     for k, volume in enumerate((prior, current)):
         again = [dataclasses.replace(c, diameter_mm=common[k][c.id]) for c in sides[k].candidates if c.id in common[k]]

@@ -115,15 +115,15 @@ def assign(prior_in_current: np.ndarray, prior_diam: Sequence[float], current: n
         return []
     dist = np.linalg.norm(prior_in_current[:, None, :] - current[None, :, :], axis=-1)
     d_prior, d_current = np.asarray(prior_diam, float), np.asarray(current_diam, float)
-    gate = np.maximum(gate_min_mm, gate_factor * np.maximum(d_prior[:, None], d_current[None, :]))
-    allowed = dist <= gate
+    own_prior, own_current = (np.maximum(gate_min_mm, gate_factor * d) for d in (d_prior, d_current))
+    allowed = dist <= np.maximum(own_prior[:, None], own_current[None, :])     # the larger diameter's gate
     n, m = dist.shape
     # Rows: prior findings, then one "unpaired" row per current finding; columns: current
     # findings, then one "unpaired" column per prior finding (the module docstring's costs).
     cost = np.full((n + m, m + n), _FORBIDDEN)
     cost[:n, :m] = np.where(allowed, dist + np.abs(d_prior[:, None] - d_current[None, :]), _FORBIDDEN)
-    cost[np.arange(n), m + np.arange(n)] = 0.5 * np.maximum(gate_min_mm, gate_factor * d_prior)
-    cost[n + np.arange(m), np.arange(m)] = 0.5 * np.maximum(gate_min_mm, gate_factor * d_current)
+    cost[np.arange(n), m + np.arange(n)] = 0.5 * own_prior
+    cost[n + np.arange(m), np.arange(m)] = 0.5 * own_current
     cost[n:, m:] = 0.0
     rows, cols = linear_sum_assignment(cost)
     return [(int(i), int(j), float(dist[i, j])) for i, j in zip(rows, cols)

@@ -36,6 +36,10 @@ def scan():
                     dict(center=(0, 5.5, 0), axes=(2.2, 30, 2.2), hu=40.0)], shape=(40, 72, 72))
 
 
+def _identity():
+    return Registration(sitk.Transform(3, sitk.sitkIdentity), {"surface_mean_mm": 0.0, "note": "identity (test)"})
+
+
 def _pair(doc):
     (p,) = [p for p in doc["pairs"] if p["prior"] and p["current"]]
     return p
@@ -43,10 +47,9 @@ def _pair(doc):
 
 def test_two_detections_of_one_nodule_get_one_size(scan):
     # The same image twice; the detector said 8 mm on one and 18 mm on the other.
-    identity = Registration(sitk.Transform(3, sitk.sitkIdentity), {"surface_mean_mm": 0.0, "note": "identity (test)"})
     small, large = _findings(scan, 8.0), _findings(scan, 18.0)
-    own = _pair(compare(scan, scan, small, large, interval_days=365, registration=identity, remeasure_pairs=False))
-    doc = compare(scan, scan, small, large, interval_days=365, registration=identity)
+    own = _pair(compare(scan, scan, small, large, interval_days=365, registration=_identity(), remeasure_pairs=False))
+    doc = compare(scan, scan, small, large, interval_days=365, registration=_identity())
     p = _pair(doc)
     assert abs(own["volume_change_pct"]) > 15.0            # each scan's own measurement differs
     assert p["status"] == "stable" and p["diameter_change_mm"] == 0.0 and p["volume_change_pct"] == 0.0
@@ -54,8 +57,7 @@ def test_two_detections_of_one_nodule_get_one_size(scan):
 
 
 def test_sizes_given_from_elsewhere_are_kept(scan):
-    identity = Registration(sitk.Transform(3, sitk.sitkIdentity), {"surface_mean_mm": 0.0, "note": "identity (test)"})
     p = _pair(compare(scan, scan, _findings(scan, 8.0, size=9.0), _findings(scan, 18.0, size=12.0), interval_days=365,
-                      registration=identity))
+                      registration=_identity()))
     assert p["prior"]["mean_diameter_mm"] == 9.0 and p["current"]["mean_diameter_mm"] == 12.0
     assert p["status"] == "grown"
